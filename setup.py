@@ -1,0 +1,42 @@
+"""umt_jax: training-efficient video foundation models (UMT, VideoMAE V2, vid-TLDR, MSTA) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10,<0.11",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "grain>=0.2.18",
+    "array-record>=0.8.6",
+    "tensorflow-datasets>=4.9.10",
+    "importlib_resources",
+    "einops>=0.8",
+    "ml-collections>=1.1",
+    "absl-py",
+    "numpy",
+    "pillow",
+    "safetensors",
+]
+# torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
+TORCH = ["torch==2.13.0", "transformers>=5,<6"]
+VIDEO = ["av>=18"]
+
+setup(
+    name="umt_jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["umt_jax", "umt_jax.*", "data", "data.*"]),
+    install_requires=CORE,
+    extras_require={
+        "torch": TORCH,
+        "video": VIDEO,
+        "test": ["pytest>=8"] + TORCH + VIDEO,
+    },
+    entry_points={
+        "console_scripts": [
+            "umt-import-clip=umt_jax.convert.clip_import:main",
+            "umt-export-torch=umt_jax.convert.torch_export:main",
+        ],
+    },
+)

@@ -1,0 +1,233 @@
+"""Independent PyTorch references with the official key names and forward semantics (test-only).
+
+Written from the official UMT code's behaviour (single_modality/models/{modeling_finetune,
+modeling_pretrain_umt,clip}.py) and OpenAI CLIP, so that exports load with strict=True and numerics can be
+compared: student classifier and stage-1 model, OpenAI-layout CLIP, and UMT's frame-wise CLIP teacher.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- position tables
+def sinusoid(n: int, d: int) -> torch.Tensor:
+  angle = np.array([[p / np.power(10000, 2 * (j // 2) / d) for j in range(d)] for p in range(n)])
+  angle[:, 0::2] = np.sin(angle[:, 0::2])
+  angle[:, 1::2] = np.cos(angle[:, 1::2])
+  return torch.tensor(angle, dtype=torch.float).unsqueeze(0)
+
+
+def finetune_table(n: int, d: int, frames: int, ref_t: int = 8, ref_p: int = 14) -> torch.Tensor:
+  """The official fine-tune table: the 8×14×14 table, bicubic over space then linear over time."""
+  table = sinusoid(ref_t * ref_p * ref_p, d)
+  new_p = int((n // frames) ** 0.5)
+  if new_p != ref_p:
+    table = table.reshape(-1, ref_p, ref_p, d).permute(0, 3, 1, 2)
+    table = F.interpolate(table, size=(new_p, new_p), mode="bicubic", align_corners=False)
+    table = table.permute(0, 2, 3, 1).reshape(1, -1, d)
+  if frames != ref_t:
+    table = table.reshape(1, ref_t, new_p, new_p, d).permute(0, 2, 3, 4, 1).reshape(-1, d, ref_t)
+    table = F.interpolate(table, size=frames, mode="linear")
+    table = table.reshape(1, new_p, new_p, d, frames).permute(0, 4, 1, 2, 3).flatten(1, 3)
+  return table
+
+
+# ----------------------------------------------------------------------------- student
+class Attention(nn.Module):
+  def __init__(self, dim, heads):
+    super().__init__()
+    self.heads, self.scale = heads, (dim // heads) ** -0.5
+    self.qkv = nn.Linear(dim, dim * 3, bias=False)
+    self.q_bias = nn.Parameter(torch.zeros(dim))
+    self.v_bias = nn.Parameter(torch.zeros(dim))
+    self.proj = nn.Linear(dim, dim)
+
+  def forward(self, x):
+    b, n, c = x.shape
+    bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+    qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+    attn = (q @ k.transpose(-2, -1)).softmax(-1)
+    return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+  def __init__(self, dim, hidden):
+    super().__init__()
+    self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+  def forward(self, x):
+    return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+  def __init__(self, dim, heads, hidden):
+    super().__init__()
+    self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+    self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, hidden)
+
+  def forward(self, x):
+    x = x + self.attn(self.norm1(x))
+    return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+  def __init__(self, dim, patch, tubelet):
+    super().__init__()
+    self.proj = nn.Conv3d(3, dim, (tubelet, patch, patch), (tubelet, patch, patch))
+
+  def forward(self, x):  # (B, C, T, H, W)
+    return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Classifier(nn.Module):
+  """`VisionTransformer` of modeling_finetune.py with mean pooling."""
+
+  def __init__(self, dim, depth, heads, hidden, patch, tubelet, frames, img, classes):
+    super().__init__()
+    self.patch_embed = PatchEmbed(dim, patch, tubelet)
+    n = (frames // tubelet) * (img // patch) ** 2
+    table = finetune_table(n, dim, frames // tubelet)
+    if n == 8 * 14 * 14:
+      self.pos_embed = table  # plain tensor: absent from the state_dict
+    else:
+      self.pos_embed = nn.Parameter(table)
+    self.blocks = nn.ModuleList([Block(dim, heads, hidden) for _ in range(depth)])
+    self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+    self.head = nn.Linear(dim, classes)
+
+  def forward(self, x):
+    x = self.patch_embed(x)
+    x = x + self.pos_embed.detach()
+    for blk in self.blocks:
+      x = blk(x)
+    return self.head(self.fc_norm(x.mean(1)))
+
+
+class PretrainUMT(nn.Module):
+  """`PretrainVisionTransformer` of modeling_pretrain_umt.py (encoder + clip_decoder)."""
+
+  def __init__(self, dim, depth, heads, hidden, patch, frames, img, clip_dim, k):
+    super().__init__()
+    self.encoder = nn.Module()
+    self.encoder.patch_embed = PatchEmbed(dim, patch, 1)
+    self.encoder.blocks = nn.ModuleList([Block(dim, heads, hidden) for _ in range(depth)])
+    self.encoder.norm = nn.LayerNorm(dim, eps=1e-6)
+    n = frames * (img // patch) ** 2
+    self.pos_embed = sinusoid(n, dim)
+    self.clip_pos_embed = sinusoid(n, dim)
+    self.clip_decoder = nn.ModuleList()
+    for _ in range(k):
+      m = nn.Module()
+      m.head, m.norm = nn.Linear(dim, clip_dim), nn.LayerNorm(clip_dim, eps=1e-6)
+      self.clip_decoder.append(m)
+    self.return_index = [depth - i - 1 for i in range(k)]
+
+  def forward(self, x, mask):  # mask (B, N) bool, True = masked
+    x = self.encoder.patch_embed(x) + self.pos_embed
+    b, _, c = x.shape
+    x = x[~mask].reshape(b, -1, c)
+    outs = []
+    for i, blk in enumerate(self.encoder.blocks):
+      x = blk(x)
+      if i in self.return_index:
+        outs.append(x)
+    feats = self.encoder.norm(torch.stack(outs))
+    pos = self.clip_pos_embed.repeat(b, 1, 1)[~mask].view(b, -1, c)
+    feats = feats + pos.unsqueeze(0)
+    res = []
+    for i, dec in enumerate(self.clip_decoder):
+      y = dec.norm(dec.head(feats[i]))
+      res.append(y / y.norm(dim=-1, keepdim=True))
+    return torch.stack(res)
+
+
+# ----------------------------------------------------------------------------- CLIP (OpenAI layout)
+class QuickGELU(nn.Module):
+  def forward(self, x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+  def __init__(self, d, heads, causal_len=0):
+    super().__init__()
+    self.attn = nn.MultiheadAttention(d, heads)
+    self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+    self.mlp = nn.Sequential()
+    self.mlp.add_module("c_fc", nn.Linear(d, 4 * d))
+    self.mlp.add_module("gelu", QuickGELU())
+    self.mlp.add_module("c_proj", nn.Linear(4 * d, d))
+    self.mask = torch.full((causal_len, causal_len), float("-inf")).triu_(1) if causal_len else None
+
+  def forward(self, x, need_attn=False):  # x: (L, B, D)
+    y, attn = self.attn(*(self.ln_1(x),) * 3, need_weights=need_attn, attn_mask=self.mask)
+    x = x + y
+    return x + self.mlp(self.ln_2(x)), attn
+
+
+class VisualTransformer(nn.Module):
+  """OpenAI CLIP's image tower; `umt_teacher` mode mirrors UMT's teacher (Conv3d conv1, K layers, CLS attn)."""
+
+  def __init__(self, img, patch, width, layers, heads, out_dim, conv3d=False):
+    super().__init__()
+    self.conv1 = (nn.Conv3d(3, width, (1, patch, patch), (1, patch, patch), bias=False) if conv3d
+                  else nn.Conv2d(3, width, patch, patch, bias=False))
+    s = width ** -0.5
+    self.class_embedding = nn.Parameter(s * torch.randn(width))
+    self.positional_embedding = nn.Parameter(s * torch.randn((img // patch) ** 2 + 1, width))
+    self.ln_pre, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
+    self.transformer = nn.Module()
+    self.transformer.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+    self.proj = nn.Parameter(s * torch.randn(width, out_dim))
+
+  def tokens(self, x):  # x: (N, C, H, W) -> (L, N, D)
+    x = self.conv1(x).flatten(2).transpose(1, 2)
+    cls = self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1])
+    return self.ln_pre(torch.cat([cls, x], 1) + self.positional_embedding).permute(1, 0, 2)
+
+  def forward(self, x):
+    x = self.tokens(x)
+    for blk in self.transformer.resblocks:
+      x, _ = blk(x)
+    return self.ln_post(x[0]) @ self.proj
+
+  def teacher(self, video, k):  # video: (B, C, T, H, W) -> (K, B, T·N, E) L2-normed, attn (B·T, N)
+    b, c, t, h, w = video.shape
+    x = self.conv1(video)
+    _, d, t, gh, gw = x.shape
+    x = x.permute(0, 2, 3, 4, 1).reshape(b * t, gh * gw, d)
+    cls = self.class_embedding + torch.zeros(x.shape[0], 1, d)
+    x = self.ln_pre(torch.cat([cls, x], 1) + self.positional_embedding).permute(1, 0, 2)
+    z, attn, layers = [], None, len(self.transformer.resblocks)
+    for i, blk in enumerate(self.transformer.resblocks):
+      x, a = blk(x, need_attn=(i == layers - 1))
+      attn = a if a is not None else attn
+      if i >= layers - k:
+        z.append(x)
+    x = self.ln_post(torch.stack(z)[:, 1:])
+    hw = gh * gw
+    x = x.view(k, hw, b, t, d).permute(0, 2, 3, 1, 4).reshape(k, b, t * hw, d) @ self.proj
+    return x / x.norm(dim=-1, keepdim=True), attn[:, 0, 1:]
+
+
+class CLIP(nn.Module):
+  def __init__(self, embed, img, patch, vw, vl, vh, ctx, vocab, tw, tl, th):
+    super().__init__()
+    self.visual = VisualTransformer(img, patch, vw, vl, vh, embed)
+    self.token_embedding = nn.Embedding(vocab, tw)
+    self.positional_embedding = nn.Parameter(0.01 * torch.randn(ctx, tw))
+    self.transformer = nn.Module()
+    self.transformer.resblocks = nn.ModuleList([ResidualAttentionBlock(tw, th, ctx) for _ in range(tl)])
+    self.ln_final = nn.LayerNorm(tw)
+    self.text_projection = nn.Parameter(tw ** -0.5 * torch.randn(tw, embed))
+    self.logit_scale = nn.Parameter(torch.ones([]) * np.log(1 / 0.07))
+
+  def encode_text(self, ids):
+    x = (self.token_embedding(ids) + self.positional_embedding).permute(1, 0, 2)
+    for blk in self.transformer.resblocks:
+      x, _ = blk(x)
+    x = self.ln_final(x.permute(1, 0, 2))
+    return x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.text_projection
