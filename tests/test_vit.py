@@ -1,0 +1,133 @@
+"""Student ViT: official parameter counts, token subsets, layer outputs, dtypes, remat, logical axes."""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers import count, init_params
+from umt_jax.models.heads import UMTPretrain, VideoClassifier, VideoMAEPretrain
+from umt_jax.models.vit import VARIANTS, VisionTransformer, vit_kwargs
+
+TINY = dict(embed_dim=32, depth=3, num_heads=2, mlp_dim=64, patch_size=8)
+
+
+def _abstract(model, *args):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
+
+
+@pytest.mark.parametrize("variant,classes,expected", [("B", 400, 85_944_976), ("B", 710, 86_183_366),
+                                                      ("B", 174, 85_771_182), ("L", 400, 303_484_304)])
+def test_classifier_param_count_matches_official(variant, classes, expected):
+  model = VideoClassifier(encoder=vit_kwargs(variant), num_classes=classes)
+  assert count(_abstract(model, jnp.zeros((1, 8, 224, 224, 3)))) == expected
+
+
+def test_umt_pretrain_param_count_matches_official():
+  model = UMTPretrain(encoder=vit_kwargs("B"), clip_dim=512)
+  assert count(_abstract(model, jnp.zeros((1, 8, 224, 224, 3)), jnp.zeros((1, 320), jnp.int32))) == 88_005_888
+
+
+def test_variant_table():
+  assert {k: (v.embed_dim, v.depth, v.num_heads) for k, v in VARIANTS.items()} == {
+      "Ti": (192, 12, 3), "S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "H": (1280, 32, 16),
+      "g": (1408, 40, 16)}
+  assert VARIANTS["g"].patch_size == 14 and VARIANTS["g"].mlp_dim == 6144
+  with pytest.raises(ValueError, match="unknown ViT variant"):
+    vit_kwargs("XL")
+
+
+def test_all_tokens_subset_equals_full_and_layers_are_returned():
+  vit = VisionTransformer(**TINY, use_norm=True)
+  video = jax.random.normal(jax.random.key(1), (2, 2, 16, 16, 3))
+  params = init_params(vit, video)
+  full, feats = vit.apply({"params": params}, video, None, (1, 2))
+  idx = jnp.tile(jnp.arange(8)[None], (2, 1))
+  sub, feats_sub = vit.apply({"params": params}, video, idx, (1, 2))
+  np.testing.assert_allclose(full, sub, atol=1e-6)
+  assert feats.shape == (2, 2, 8, 32)
+  np.testing.assert_allclose(feats[1], full, atol=1e-6)  # block 2 is the last block, both normed
+  part, _ = vit.apply({"params": params}, video, idx[:, :3], ())
+  assert part.shape == (2, 3, 32)
+  with pytest.raises(ValueError, match="return_layers"):
+    vit.apply({"params": params}, video, None, (5,))
+
+
+def test_bad_video_shape_is_reported():
+  vit = VisionTransformer(**TINY)
+  with pytest.raises(ValueError, match="not divisible into tubelets"):
+    vit.init(jax.random.key(0), jnp.zeros((1, 2, 20, 16, 3)))
+
+
+def test_bf16_compute_fp32_params_and_remat():
+  video = jax.random.normal(jax.random.key(2), (2, 2, 16, 16, 3))
+  ref = VisionTransformer(**TINY)
+  params = init_params(ref, video)
+  out32, _ = ref.apply({"params": params}, video)
+  bf16 = VisionTransformer(**TINY, dtype=jnp.bfloat16)
+  out16, _ = bf16.apply({"params": params}, video)
+  assert out16.dtype == jnp.bfloat16
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(init_params(bf16, video)))
+  np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.15, rtol=0.05)
+
+  def loss(p, model):
+    return jnp.sum(model.apply({"params": p}, video)[0] ** 2)
+
+  g_ref = jax.grad(loss)(params, ref)
+  for policy in ("full", "dots"):
+    g = jax.grad(loss)(params, VisionTransformer(**TINY, remat_policy=policy))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g, g_ref)
+
+
+def test_drop_path_is_stochastic_in_training_only():
+  vit = VisionTransformer(**TINY, drop_path_rate=0.5)
+  video = jax.random.normal(jax.random.key(3), (4, 2, 16, 16, 3))
+  params = init_params(vit, video)
+  det1, _ = vit.apply({"params": params}, video)
+  det2, _ = vit.apply({"params": params}, video)
+  np.testing.assert_array_equal(det1, det2)
+  tr_a, _ = vit.apply({"params": params}, video, deterministic=False, rngs={"dropout": jax.random.key(0)})
+  tr_b, _ = vit.apply({"params": params}, video, deterministic=False, rngs={"dropout": jax.random.key(0)})
+  tr_c, _ = vit.apply({"params": params}, video, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  np.testing.assert_array_equal(tr_a, tr_b)
+  assert not np.allclose(tr_a, det1) and not np.allclose(tr_a, tr_c)
+
+
+@pytest.mark.parametrize("model,args", [
+    (UMTPretrain(encoder=TINY, clip_dim=16, num_align_layers=2),
+     (jnp.zeros((1, 2, 16, 16, 3)), jnp.zeros((1, 4), jnp.int32))),
+    (VideoMAEPretrain(encoder={**TINY, "tubelet_size": 2}, decoder_dim=16, decoder_depth=1, decoder_heads=2),
+     (jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 4), jnp.int32))),
+    (VideoClassifier(encoder=TINY, num_classes=5), (jnp.zeros((1, 2, 16, 16, 3)),)),
+])
+def test_every_param_has_logical_axes(model, args):
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, flax.linen.LogicallyPartitioned))
+  assert leaves and all(isinstance(x, flax.linen.LogicallyPartitioned) for x in leaves)
+  for x in leaves:
+    assert len(x.names) == len(x.value.shape)
+
+
+def test_sharded_apply_on_a_mesh_with_rules():
+  """Init and apply under a (data=2, fsdp=2, tensor=2) mesh with logical rules: same numbers as unsharded."""
+  from jax.sharding import Mesh, NamedSharding
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  rules = (("activation_batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+           ("activation_heads", "tensor"), ("activation_mlp", "tensor"))
+  vit = VisionTransformer(**{**TINY, "num_heads": 2})
+  video = jax.random.normal(jax.random.key(4), (4, 2, 16, 16, 3))
+  boxed = jax.eval_shape(lambda: vit.init(jax.random.key(0), video))
+  specs = flax.linen.get_partition_spec(boxed)
+  shardings = flax.linen.logical_to_mesh_sharding(specs, mesh, rules)
+  params = flax.linen.meta.unbox(jax.jit(lambda: vit.init(jax.random.key(0), video), out_shardings=shardings)())
+  qkv = params["params"]["blocks_0"]["attn"]["qkv"]["kernel"]
+  assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, "tensor", None)
+
+  def fwd(p, v):
+    with flax.linen.logical_axis_rules(rules):
+      return vit.apply(p, v)[0]
+
+  with jax.set_mesh(mesh):
+    out = jax.jit(fwd)(params, jax.device_put(video, NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))))
+  want = vit.apply(jax.device_get(params), video)[0]
+  np.testing.assert_allclose(out, want, atol=1e-5)

@@ -1,0 +1,1 @@
+"""Param import/export between umt_jax's Flax trees and the official PyTorch state_dict layouts."""

@@ -1,0 +1,1 @@
+"""Flax linen models: the video ViT student and its heads, and CLIP (teacher)."""

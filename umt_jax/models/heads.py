@@ -1,0 +1,145 @@
+"""Models built on the student encoder: UMT stage-1 pretraining, VideoMAE V2 pretraining, classifier.
+
+Flax trees mirror the official checkpoints:
+  UMTPretrain       encoder/* [encoder.*], clip_decoder_k/{head,norm} [clip_decoder.k.*]
+  VideoMAEPretrain  encoder/*, encoder_to_decoder, mask_token, decoder/{blocks_i,norm,head}
+  VideoClassifier   encoder/* [top-level keys of the fine-tune model], fc_norm, head
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from umt_jax.models import layers
+from umt_jax.models.posemb import video_pos_table
+from umt_jax.models.vit import Block, VisionTransformer, gather_tokens, ref_grid
+
+Dtype = Any
+
+
+def l2_normalize(x: jax.Array, eps: float = 0.0) -> jax.Array:
+  """x / ||x|| over the last axis, in fp32 (the official code divides by the norm with no epsilon)."""
+  x = x.astype(jnp.float32)
+  return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
+
+
+class UMTPretrain(nn.Module):
+  """UMT stage 1: student encoder on visible tokens + K alignment decoders.
+
+  __call__(video (B,T,H,W,3), visible_idx (B, Nv), deterministic) -> (K, B, Nv, C_clip), L2-normalised.
+  Decoder k aligns the output of student block depth-K+k (shared final norm, plus the sin-cos table at
+  encoder width at the visible positions) via Linear → LayerNorm → L2 normalise.
+  """
+  encoder: dict  # VisionTransformer kwargs (use_norm is forced on)
+  clip_dim: int = 512
+  num_align_layers: int = 6
+  decoder_norm_eps: float = 1e-6  # stage 2 decoders use 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video: jax.Array, visible_idx: jax.Array, deterministic: bool = True) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    enc = VisionTransformer(**{**self.encoder, "use_norm": True}, name="encoder", **kw)
+    depth = enc.depth
+    return_layers = tuple(range(depth - self.num_align_layers, depth))
+    _, feats = enc(video, visible_idx, return_layers, deterministic)
+    pos = jnp.asarray(video_pos_table(enc.token_grid(video.shape), enc.embed_dim), self.dtype)
+    feats = feats + gather_tokens(jnp.broadcast_to(pos, (video.shape[0],) + pos.shape), visible_idx)[None]
+    return jnp.stack([AlignDecoder(self.clip_dim, self.decoder_norm_eps, name=f"clip_decoder_{k}", **kw)(feats[k])
+                      for k in range(self.num_align_layers)])
+
+
+class AlignDecoder(nn.Module):
+  """UMT `Linear_Decoder`: Linear(D → C) → LayerNorm(C) → L2 normalise. (B, N, D) -> (B, N, C) fp32."""
+  out_dim: int
+  norm_eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = layers.Dense(self.out_dim, axes=("embed", "clip_embed"), name="head", **kw)(x)
+    return l2_normalize(layers.LayerNorm(self.norm_eps, axis_name="clip_embed", name="norm", **kw)(y))
+
+
+class VideoMAEPretrain(nn.Module):
+  """VideoMAE (V2) pixel reconstruction with dual masking.
+
+  __call__(video, visible_idx (B, Nv) encoder-visible tokens, decode_idx (B, Nd) tokens the decoder
+  reconstructs, deterministic) -> (B, Nd, kt·p·p·3) predicted (normalised) pixels, in (p0 p1 p2 c) order.
+  """
+  encoder: dict
+  decoder_dim: int = 384
+  decoder_depth: int = 4
+  decoder_heads: int = 6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video: jax.Array, visible_idx: jax.Array, decode_idx: jax.Array,
+               deterministic: bool = True) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    enc = VisionTransformer(**{**self.encoder, "use_norm": True}, name="encoder", **kw)
+    x, _ = enc(video, visible_idx, (), deterministic)
+    x = layers.Dense(self.decoder_dim, axes=("embed", "decoder_embed"), use_bias=False,
+                     name="encoder_to_decoder", **kw)(x)
+    b = video.shape[0]
+    pos = jnp.asarray(video_pos_table(enc.token_grid(video.shape), self.decoder_dim), self.dtype)
+    pos = jnp.broadcast_to(pos, (b,) + pos.shape)
+    mask_token = layers.param_with_axes(self, "mask_token", layers.trunc_normal(0.02), (1, 1, self.decoder_dim),
+                                        (None, None, "decoder_embed"), self.param_dtype)
+    queries = mask_token.astype(self.dtype) + gather_tokens(pos, decode_idx)
+    x = jnp.concatenate([x + gather_tokens(pos, visible_idx), queries], axis=1)
+    x = _Decoder(self.decoder_depth, self.decoder_heads, 3 * enc.tubelet_size * enc.patch_size ** 2,
+                 name="decoder", **kw)(x, decode_idx.shape[1], deterministic)
+    return x
+
+
+class _Decoder(nn.Module):
+  """VideoMAE decoder: blocks → norm → head, predicting only the last `num_pred` tokens."""
+  depth: int
+  num_heads: int
+  out_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, num_pred: int, deterministic: bool) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    for i in range(self.depth):
+      x = Block(self.num_heads, 4 * x.shape[-1], name=f"blocks_{i}", **kw)(x, deterministic)
+    x = layers.LayerNorm(1e-6, name="norm", **kw)(x[:, -num_pred:])
+    return layers.Dense(self.out_dim, axes=("embed", None), name="head", **kw)(x)
+
+
+class VideoClassifier(nn.Module):
+  """Fine-tuning model: encoder on all tokens → mean pool → fc_norm → dropout → head.
+
+  __call__(video (B,T,H,W,3), deterministic) -> logits (B, num_classes) in fp32.
+  """
+  encoder: dict
+  num_classes: int = 400
+  fc_drop_rate: float = 0.0
+  init_scale: float = 0.001
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video: jax.Array, deterministic: bool = True) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # Fine-tuning resizes the 8×P×P reference table for other clip shapes, as the official model does.
+    pos_ref = ref_grid(self.encoder.get("patch_size", 16))
+    x, _ = VisionTransformer(**{"linear_init": "trunc_normal", "pos_ref_grid": pos_ref, **self.encoder,
+                                "use_norm": False}, name="encoder", **kw)(video, None, (), deterministic)
+    x = layers.LayerNorm(1e-6, name="fc_norm", **kw)(x.astype(jnp.float32).mean(axis=1))
+    x = nn.Dropout(self.fc_drop_rate)(x, deterministic=deterministic)
+    head_init = lambda key, shape, dtype=jnp.float32: layers.trunc_normal(0.02)(key, shape, dtype) * self.init_scale
+    logits = layers.Dense(self.num_classes, axes=("embed", "classes"), kernel_init=head_init, name="head",
+                          **kw)(x)
+    return logits.astype(jnp.float32)

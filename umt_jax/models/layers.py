@@ -1,0 +1,191 @@
+"""Building blocks with explicit params, logical axis names and separate compute / param dtypes.
+
+Every param is created through `param_with_axes`, so `nn.get_partition_spec` sees logical names
+(embed, mlp, heads, kv, ...) that the config's rules map onto the mesh. Attention is written with
+einsum + `jax.nn.dot_product_attention` (cuDNN flash attention on GPU); flax's DenseGeneral / MHA are
+avoided because they break when a mesh and logical rules are both active.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+# Logical names of the main activations (mapped by the same rules as params).
+ACT_TOKENS = ("activation_batch", "activation_length", "activation_embed")
+
+
+def param_with_axes(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+                    axes: Sequence[str | None], dtype: Dtype) -> jax.Array:
+  """A param boxed with logical axis names (unboxed transparently inside apply)."""
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None] = ACT_TOKENS) -> jax.Array:
+  """Logical sharding constraint on an activation; a no-op without a mesh and rules."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def torch_linear_init(fan_in: int) -> Initializer:
+  """PyTorch's default Linear/Conv init, U(±1/√fan_in) (kaiming_uniform a=√5), for weights and biases."""
+  bound = 1.0 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def xavier_uniform(fan_in: int, fan_out: int) -> Initializer:
+  """xavier_uniform for a kernel of any shape whose torch view is [fan_out, fan_in]."""
+  bound = np.sqrt(6.0 / (fan_in + fan_out))
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def trunc_normal(std: float) -> Initializer:
+  """timm's trunc_normal_(std) with cut-offs at ±2 (in absolute units, as timm uses them)."""
+  lo, hi = -2.0 / std, 2.0 / std
+  return lambda key, shape, dtype=jnp.float32: std * jax.random.truncated_normal(key, lo, hi, shape, dtype)
+
+
+class Dense(nn.Module):
+  """y = x · kernel + bias over the last `in_ndim` input axes; kernel (*in, *features) with logical axes.
+
+  The torch view of the kernel is `weight` [prod(features), prod(in)] (see umt_jax.convert.layout).
+  """
+  features: int | tuple[int, ...]
+  axes: tuple[str | None, ...] = ("embed", "mlp")  # in axes + out axes
+  in_ndim: int = 1
+  use_bias: bool = True
+  kernel_init: Initializer | None = None  # default: xavier_uniform (the UMT / VideoMAE init)
+  bias_init: Initializer = nn.initializers.zeros
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    feats = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    in_shape = x.shape[-self.in_ndim:]
+    init = self.kernel_init or xavier_uniform(int(np.prod(in_shape)), int(np.prod(feats)))
+    kernel = param_with_axes(self, "kernel", init, in_shape + feats, self.axes, self.param_dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_ndim)
+    if self.use_bias:
+      bias = param_with_axes(self, "bias", self.bias_init, feats, self.axes[self.in_ndim:], self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm computed in fp32 (as CLIP's fp16-safe LayerNorm), output cast to `dtype`."""
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    scale = param_with_axes(self, "scale", nn.initializers.ones, (d,), (self.axis_name,), self.param_dtype)
+    bias = param_with_axes(self, "bias", nn.initializers.zeros, (d,), (self.axis_name,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array | None, deterministic: bool) -> jax.Array:
+  """Stochastic depth: zero whole samples with prob `rate`, scale survivors by 1/(1-rate)."""
+  if deterministic or rate == 0.0:
+    return x
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """CLIP's QuickGELU, x·σ(1.702x)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+  """torch.nn.GELU() default (erf); JAX's default is the tanh approximation."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+class Mlp(nn.Module):
+  """Linear → act → Linear, with configurable torch names (fc1/fc2 for ViT, c_fc/c_proj for CLIP)."""
+  hidden: int
+  act: Callable[[jax.Array], jax.Array] = exact_gelu
+  names: tuple[str, str] = ("fc1", "fc2")
+  kernel_init: Initializer | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+    h = Dense(self.hidden, axes=("embed", "mlp"), name=self.names[0], **kw)(x)
+    h = constrain(self.act(h), ("activation_batch", "activation_length", "activation_mlp"))
+    return Dense(d, axes=("mlp", "embed"), name=self.names[1], **kw)(h)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention over (B, N, D) tokens, in one of two official param layouts.
+
+  layout 'beit' (UMT / VideoMAE student): `qkv.kernel` (D, 3, H, Dh) without bias, separate `q_bias`,
+    `v_bias` (H, Dh) (k bias is fixed at 0), output `proj`.
+  layout 'openai' (CLIP): `in_proj_weight` (D, 3, H, Dh) + `in_proj_bias` (3, H, Dh), output `out_proj`.
+  `bias` (broadcastable to (B, H, N, N)) is added to the logits (proportional attention, masks).
+  With `return_cls_attn`, also returns the head-averaged attention of query 0 over all keys, (B, N), fp32.
+  """
+  num_heads: int
+  layout: str = "beit"
+  causal: bool = False
+  return_cls_attn: bool = False
+  kernel_init: Initializer | None = None
+  attn_impl: str | None = None  # None: XLA picks; 'cudnn' forces flash attention on GPU
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array | None = None):
+    d = x.shape[-1]
+    h = self.num_heads
+    dh = d // h
+    if dh * h != d:
+      raise ValueError(f"width {d} is not divisible by num_heads {h}")
+    qkv_axes = ("embed", None, "heads", "kv")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.layout == "beit":
+      qkv = Dense((3, h, dh), axes=qkv_axes, use_bias=False, kernel_init=self.kernel_init, name="qkv", **kw)(x)
+      q_bias = param_with_axes(self, "q_bias", nn.initializers.zeros, (h, dh), ("heads", "kv"), self.param_dtype)
+      v_bias = param_with_axes(self, "v_bias", nn.initializers.zeros, (h, dh), ("heads", "kv"), self.param_dtype)
+      qkv_bias = jnp.stack([q_bias, jnp.zeros_like(q_bias), v_bias])
+      out_name = "proj"
+    elif self.layout == "openai":
+      init = self.kernel_init or xavier_uniform(d, 3 * d)
+      w = param_with_axes(self, "in_proj_weight", init, (d, 3, h, dh), qkv_axes, self.param_dtype)
+      qkv = jnp.tensordot(x.astype(self.dtype), w.astype(self.dtype), axes=1)
+      qkv_bias = param_with_axes(self, "in_proj_bias", nn.initializers.zeros, (3, h, dh), qkv_axes[1:],
+                                 self.param_dtype)
+      out_name = "out_proj"
+    else:
+      raise ValueError(f"attention layout must be 'beit' or 'openai', got {self.layout!r}")
+    qkv = qkv + qkv_bias.astype(self.dtype)
+    q, k, v = (constrain(qkv[..., i, :, :], ("activation_batch", "activation_length", "activation_heads",
+                                              "activation_kv")) for i in range(3))
+    scale = dh ** -0.5
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=self.causal,
+                                       implementation=self.attn_impl)
+    y = Dense(d, axes=("heads", "kv", "embed"), in_ndim=2, kernel_init=self.kernel_init, name=out_name,
+              **kw)(out)
+    if not self.return_cls_attn:
+      return y
+    logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0].astype(jnp.float32), k.astype(jnp.float32)) * scale
+    if bias is not None:
+      logits = logits + jnp.broadcast_to(bias, (x.shape[0], h, x.shape[1], x.shape[1]))[:, :, 0]
+    return y, jax.nn.softmax(logits, axis=-1).mean(axis=1)
