@@ -60,7 +60,7 @@ def from_torch_array(name: str, flax_leaf: str, t: np.ndarray, shape: tuple[int,
     t = t.T
   if t.size != int(np.prod(shape)):
     raise ValueError(f"{name}: shape {tuple(t.shape)} in the checkpoint does not fit the model's {tuple(shape)}")
-  return np.ascontiguousarray(t.reshape(shape))
+  return np.array(t.reshape(shape), order="C")  # (ascontiguousarray would turn 0-d into 1-d)
 
 
 def to_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
