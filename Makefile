@@ -1,0 +1,13 @@
+# Two commands: `make demo` (synthetic-data demo on CPU) and `make test`. Both install into .venv first.
+PY ?= python3.11
+VENV := .venv
+
+$(VENV)/.installed: setup.py
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: test
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q tests
