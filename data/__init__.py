@@ -1,0 +1,1 @@
+"""Dataset conversion tools: videos (or the synthetic generator) -> pre-decoded JPEG-frame ArrayRecord shards."""

@@ -1,0 +1,57 @@
+"""The record format: one clip per ArrayRecord record (group_size:1, random access), msgpack-encoded.
+
+A record is a map:
+  frames      list of JPEG bytes, the kept frames in time order
+  label       int (-1 when the dataset has no labels)
+  captions    list of str (empty when none)
+  id          str, the source (video path relative to the root, or a synthetic id)
+  fps         float, frame rate of the KEPT frames (original fps × kept / decoded)
+  src_fps     float, original frame rate
+  src_frames  int, frames decoded from the source
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Mapping
+
+import msgpack
+import numpy as np
+from PIL import Image
+
+FORMAT = "umt_jax.video_records/v1"
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+  return buf.getvalue()
+
+
+def decode_jpeg(data: bytes, draft_size: tuple[int, int] | None = None) -> np.ndarray:
+  """JPEG bytes -> (H, W, 3) uint8. `draft_size` lets libjpeg decode at a reduced scale (>= that size)."""
+  img = Image.open(io.BytesIO(data))
+  if draft_size is not None:
+    img.draft("RGB", draft_size)
+  return np.asarray(img.convert("RGB"))
+
+
+def pack(frames: np.ndarray, *, label: int = -1, captions: list[str] = (), id: str, src_fps: float,
+         src_frames: int, fps: float, quality: int = 90) -> bytes:
+  """frames (T, H, W, 3) uint8 -> record bytes."""
+  if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+    raise ValueError(f"{id}: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+  return msgpack.packb({
+      "frames": [encode_jpeg(f, quality) for f in frames], "label": int(label), "captions": list(captions),
+      "id": id, "fps": float(fps), "src_fps": float(src_fps), "src_frames": int(src_frames),
+      "height": int(frames.shape[1]), "width": int(frames.shape[2])}, use_bin_type=True)
+
+
+def unpack(record: bytes | Mapping[str, Any]) -> dict:
+  """Record bytes (ArrayRecord) or a TFDS example dict -> the record map."""
+  if isinstance(record, Mapping):  # TFDS data source: features already decoded into a dict
+    out = dict(record)
+    out["frames"] = list(out["frames"])
+    out["captions"] = [c.decode() if isinstance(c, bytes) else str(c) for c in out.get("captions", [])]
+    out["id"] = out["id"].decode() if isinstance(out["id"], bytes) else str(out["id"])
+    return out
+  return msgpack.unpackb(record, raw=False)
