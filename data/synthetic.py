@@ -109,7 +109,7 @@ def _primary(rng: np.random.Generator, cls: str, size: int, t: int) -> _Object:
     r = small + (big - small) * (ramp if cls == "grow" else 1 - ramp)
     lo, hi = big + 1, size - big - 1
   elif cls in ("appear", "disappear"):
-    ramp = np.clip((s - 0.25 * t) / (0.5 * t), 0, 1)
+    ramp = np.clip((s + 0.5 - 0.25 * t) / (0.5 * t), 0, 1)  # symmetric: appear and disappear frames look alike
     alpha = ramp if cls == "appear" else 1 - ramp
   else:  # appearance class: the class is the shape; it bounces in place
     amp, phase = size * 0.08, rng.uniform(0, 2 * np.pi)
