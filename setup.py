@@ -37,6 +37,8 @@ setup(
         "console_scripts": [
             "umt-import-clip=umt_jax.convert.clip_import:main",
             "umt-export-torch=umt_jax.convert.torch_export:main",
+            "umt-prepare-videos=data.prepare:main",
+            "umt-synthetic-videos=data.synthetic:main",
         ],
     },
 )
