@@ -15,6 +15,8 @@ CORE = [
     "absl-py",
     "numpy",
     "pillow",
+    "simplejpeg>=1.8",
+    "tensorboardX>=2.6",
     "safetensors",
 ]
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.

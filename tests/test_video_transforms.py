@@ -75,3 +75,11 @@ def test_random_resized_crop_and_views():
   np.testing.assert_array_equal(views[0], resized[:, :, :32])
   np.testing.assert_array_equal(views[2], resized[:, :, -32:])
   assert vt.spatial_crops(frames, 32, 1).shape == (1, 3, 32, 32, 3)
+
+
+def test_resize_matches_pil_bilinear():
+  from PIL import Image
+  frames = np.random.default_rng(0).integers(0, 256, (2, 40, 37, 3), dtype=np.uint8)
+  for oh, ow in ((32, 32), (64, 50), (40, 37)):
+    want = np.stack([np.asarray(Image.fromarray(f).resize((ow, oh), Image.BILINEAR)) for f in frames])
+    assert np.abs(vt.resize(frames, oh, ow).astype(int) - want).max() <= 1

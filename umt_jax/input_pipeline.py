@@ -51,11 +51,10 @@ class ClipSpec:
 def _decode(frames: Sequence[bytes], idx: np.ndarray, min_short_side: int) -> np.ndarray:
   """JPEG-decode only the frames in `idx` (each distinct frame once); with `min_short_side`, libjpeg decodes
   at the smallest power-of-two scale that keeps the short side >= it (much faster for large frames)."""
-  draft = (min_short_side, min_short_side) if min_short_side else None
   cache: dict[int, np.ndarray] = {}
   for i in map(int, idx):
     if i not in cache:
-      cache[i] = records.decode_jpeg(frames[i], draft)
+      cache[i] = records.decode_jpeg(frames[i], min_short_side)
   return np.stack([cache[int(i)] for i in idx])
 
 
@@ -178,8 +177,10 @@ class _ProcessRows(grain.MapDataset):
 
 
 def train_dataset(sources: Sequence[Source], global_batch: int, seed: int, process_index: int | None = None,
-                  process_count: int | None = None) -> grain.MapDataset:
-  """The infinite, batched training MapDataset of this process (process index/count default to jax's)."""
+                  process_count: int | None = None, transform: grain.transforms.Map | None = None
+                  ) -> grain.MapDataset:
+  """The infinite, batched training MapDataset of this process (process index/count default to jax's).
+  `transform` (e.g. a tokenizer) runs on every element after sampling and augmentation."""
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   if global_batch % pc:
@@ -189,6 +190,8 @@ def train_dataset(sources: Sequence[Source], global_batch: int, seed: int, proce
     ds = grain.MapDataset.source(open_source(src.path, src.split, src.data_dir)).seed(seed + 7919 * k)
     parts.append(ds.shuffle().random_map(TrainClip(src.clip)).repeat(None))
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [s.weight for s in sources])
+  if transform is not None:
+    ds = ds.map(transform)
   local = global_batch // pc
   return _ProcessRows(ds, pi, pc, local).batch(local, drop_remainder=True)
 

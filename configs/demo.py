@@ -1,0 +1,54 @@
+"""The CPU demo on the built-in synthetic videos: one recipe per stage, tiny models, minutes on 2 cores.
+
+  python -m umt_jax.main --config=configs/demo.py:clip     --workdir=$W/clip     --config.data.path=$W/data
+  python -m umt_jax.main --config=configs/demo.py:umt      --workdir=$W/umt      --config.data.path=$W/data \\
+      --config.teacher.path=$W/clip/params.npz
+  python -m umt_jax.main --config=configs/demo.py:finetune --workdir=$W/ft_umt   --config.data.path=$W/data \\
+      --config.init_from.workdir=$W/umt
+  python -m umt_jax.main --config=configs/demo.py:scratch  --workdir=$W/ft_scratch --config.data.path=$W/data
+
+`python -m umt_jax.demo --workdir=$W` runs all of it (data included) and prints the report; see README for the
+numbers it gives. Data: `pretrain` (unlabelled use, stage 0 and 1), `train` (the small labelled set), `test`.
+Student: 4 frames of 32², patch 8 (4×4 tokens per frame), width 96, depth 4. Teacher: CLIP 32² / patch 8,
+width 96, 3 layers. `scratch` trains the same classifier from a random init for the steps of stage 1 and
+fine-tuning together (the same total budget).
+"""
+import ml_collections
+
+from umt_jax import config_lib
+
+UMT_STEPS, FT_STEPS = 400, 300
+
+
+def student(c: ml_collections.ConfigDict) -> None:
+  c.model.update(variant="Ti", embed_dim=96, depth=4, num_heads=4, mlp_dim=384, patch_size=8, drop_path=0.1)
+
+
+def get_config(arg: str = "umt") -> ml_collections.ConfigDict:
+  stage = {"clip": "clip", "umt": "umt", "finetune": "finetune", "scratch": "finetune"}.get(arg)
+  if stage is None:
+    raise ValueError(f"configs/demo.py:{arg}: expected clip, umt, finetune or scratch")
+  c = config_lib.base(stage)
+  c.name = arg
+  c.data.update(path="", split="pretrain", size=32, num_frames=4, sampling="segment", crop="multiscale",
+                flip=False, workers=0)
+  c.log_every, c.min_fsdp_size = 50, 0
+  c.checkpoint.update(every=200, keep=2)
+  c.optim.update(scale_lr_by_batch=False)
+  student(c)
+  if arg == "clip":
+    c.batch_size, c.total_steps = 128, 300
+    c.clip.update(embed_dim=64, patch_size=8, vision_width=96, vision_layers=3, vision_heads=4,
+                  context_length=24, text_width=64, text_layers=2, text_heads=4)
+    c.optim.update(lr=2e-3, min_lr=1e-5, warmup_epochs=0.5, b2=0.98, weight_decay=0.1)
+  elif arg == "umt":
+    c.batch_size, c.total_steps = 32, UMT_STEPS
+    c.teacher.update(align_layers=2, mask_ratio=0.8)
+    c.optim.update(lr=1e-3, min_lr=1e-5, warmup_epochs=0.5)
+  else:
+    c.batch_size = 32
+    c.total_steps = FT_STEPS if arg == "finetune" else UMT_STEPS + FT_STEPS
+    c.data.update(split="train", eval_split="test", sampling="sparse", crop="rrc", rrc_min_scale=0.5,
+                  test_clips=2, test_crops=1, eval_batch_size=50)
+    c.optim.update(lr=1e-3, min_lr=1e-5, warmup_epochs=2.0, b2=0.999, layer_decay=0.75 if arg == "finetune" else 1.0)
+  return c

@@ -1,0 +1,93 @@
+"""The fields every recipe shares, and helpers that turn config sections into model / data objects.
+
+Recipes in configs/ start from `base(trainer)` and set what differs. `main` locks the result, so an override
+naming a field that does not exist (`--config.optim.lr_typo=1`) fails instead of being ignored.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from umt_jax import input_pipeline as ip
+from umt_jax import sharding
+from umt_jax.models import vit
+
+TRAINERS = ("clip", "umt", "finetune")
+
+
+def base(trainer: str) -> ml_collections.ConfigDict:
+  if trainer not in TRAINERS:
+    raise ValueError(f"trainer {trainer!r}; expected one of {TRAINERS}")
+  c = ml_collections.ConfigDict()
+  c.trainer = trainer
+  c.name = trainer
+  c.seed = 0
+  c.batch_size = 256  # global
+  c.num_epochs = 1.0
+  c.total_steps = 0  # > 0 overrides num_epochs
+  c.log_every = 50
+  c.eval_every = 0  # 0: evaluate only at the end
+  c.distributed = False  # force jax.distributed.initialize (SLURM / TPU pods are detected anyway)
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.rules = [list(r) for r in sharding.DEFAULT_RULES]
+  c.min_fsdp_size = 2 ** 16  # params with fewer elements stay replicated
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1.5e-4, min_lr=1e-5, warmup_lr=0.0, warmup_epochs=0.0, scale_lr_by_batch=True,  # lr per 256 clips
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, layer_decay=1.0, grad_clip=0.0))
+  c.checkpoint = ml_collections.ConfigDict({"every": 1000, "keep": 3, "async": True})
+
+  c.data = ml_collections.ConfigDict(dict(
+      path="", split="train", eval_split="", num_frames=8, sampling="segment", stride=4, size=224,
+      crop="multiscale", rrc_min_scale=0.08, flip=True, test_clips=1, test_crops=1, workers=0, eval_batch_size=0))
+
+  c.model = ml_collections.ConfigDict(dict(
+      variant="B", embed_dim=0, depth=0, num_heads=0, mlp_dim=0, patch_size=0,  # > 0 overrides the variant
+      tubelet_size=1, drop_path=0.1, dtype="float32", remat="none", attn_impl=""))
+
+  if trainer == "clip":  # the demo's stage-0 CLIP (image_size follows data.size, vocab the tokenizer)
+    c.clip = ml_collections.ConfigDict(dict(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
+                                            vision_heads=12, context_length=77, text_width=512, text_layers=12,
+                                            text_heads=8))
+  if trainer == "umt":
+    # path: a params file from umt-import-clip (or the demo's stage 0); align_layers: K last teacher blocks.
+    c.teacher = ml_collections.ConfigDict(dict(path="", align_layers=6, mask_ratio=0.8, dtype="float32"))
+  if trainer == "finetune":
+    c.model.update(num_classes=0, fc_drop=0.0)  # 0 classes: from the dataset's label names
+    c.init_from = ml_collections.ConfigDict({"workdir": ""})  # a stage-1 workdir ('' = random init)
+    c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
+                                             label_smoothing=0.1))
+  return c
+
+
+def student_kwargs(model: ml_collections.ConfigDict) -> dict:
+  """VisionTransformer kwargs of `config.model`."""
+  overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size") if model[k]}
+  return vit.vit_kwargs(model.variant, tubelet_size=model.tubelet_size, drop_path_rate=model.drop_path,
+                        remat_policy=model.remat, attn_impl=model.attn_impl or None, **overrides)
+
+
+def clip_spec(data: ml_collections.ConfigDict, **overrides) -> ip.ClipSpec:
+  kw = dict(num_frames=data.num_frames, sampling=data.sampling, stride=data.stride, size=data.size, crop=data.crop,
+            rrc_scale=(data.rrc_min_scale, 1.0), flip=data.flip, test_clips=data.test_clips,
+            test_crops=data.test_crops)
+  kw.update(overrides)
+  return ip.ClipSpec(**kw)
+
+
+def check_data(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
+  """Fails early, naming the config key, when the dataset folder or a split is missing -> metadata."""
+  path = config.data.path
+  if not path:
+    raise ValueError("config.data.path is empty: set it to a dataset folder (python -m data.prepare / "
+                     "python -m data.synthetic) or 'tfds:NAME'")
+  if path.startswith("tfds:"):
+    return {}
+  try:
+    meta = ip.read_metadata(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.data.path: {e}") from None
+  for s in splits:
+    if s and s not in meta["splits"]:
+      raise ValueError(f"config.data: split {s!r} is not in {path} (it has {sorted(meta['splits'])})")
+  return meta

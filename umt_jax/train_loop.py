@@ -1,0 +1,222 @@
+"""The loop every stage shares: sharded state, compiled step, checkpoints, preemption, logging, evaluation.
+
+A trainer describes its stage as a `Task` (init, loss, frozen extras, data, eval) and calls `run`. The loop:
+mesh + rules from the config -> abstract init (`jax.eval_shape`) -> param / optimizer shardings -> resume from
+the workdir's latest checkpoint (state and data iterator) or initialise (optionally from a previous stage) ->
+`jax.jit` with in/out shardings and donation of the state -> `memory_analysis` and FLOPs before step 0 -> steps,
+with (async) checkpoints every `checkpoint.every` steps, a save-and-exit on SIGTERM, and a stop naming the step
+on a non-finite loss.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import sys
+from typing import Any, Callable
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from umt_jax import checkpoint, input_pipeline as ip, metrics, optim, params_io, sharding
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Task:
+  """One training stage.
+
+  init(rng) -> boxed params (logical names); loss(params, batch, rng, extra) -> (scalar, {name: scalar}).
+  `extra` is a pytree of frozen arrays (e.g. the teacher's params) passed to every step, placed with
+  `extra_shardings`. `load_init(abstract_params, shardings)`, if given, returns params that replace the random
+  init of a fresh run (a previous stage's weights). `evaluate(params, step)` -> {name: value}.
+  """
+  init: Callable[[jax.Array], Any]
+  loss: Callable[..., tuple[jax.Array, dict]]
+  train_data: grain.MapDataset
+  clips_per_epoch: int
+  extra: Any = None
+  extra_shardings: Any = None
+  depth: int = 0  # for layer-wise lr decay
+  load_init: Callable[[Any, Any], Any] | None = None
+  evaluate: Callable[[Any, int], dict] | None = None
+
+
+@dataclasses.dataclass
+class Result:
+  step: int
+  params: Any
+  history: list  # logged metric dicts
+  preempted: bool = False
+  eval: dict = dataclasses.field(default_factory=dict)
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves at the next step boundary. All processes agree through an allgather."""
+
+  def __init__(self):
+    self.flag = False
+    self._prev = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, *_):
+    self.flag = True
+
+  def reached(self) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    return bool(multihost_utils.process_allgather(np.int32(self.flag)).max())
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._prev)
+
+
+def setup_mesh(config: ml_collections.ConfigDict, devices=None) -> tuple[jax.sharding.Mesh, tuple]:
+  """config.mesh over `devices` (default: all) and config.rules."""
+  return sharding.make_mesh(config.mesh.to_dict(), devices), sharding.rules_from_config(config.rules)
+
+
+def total_steps(config: ml_collections.ConfigDict, clips_per_epoch: int) -> tuple[int, float]:
+  """-> (total steps, steps per epoch) from `num_epochs` (float) or an explicit `total_steps`."""
+  per_epoch = clips_per_epoch / config.batch_size
+  steps = config.get("total_steps", 0) or int(math.ceil(config.num_epochs * per_epoch))
+  return steps, per_epoch
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=None) -> Result:
+  mesh, rules = setup_mesh(config, devices)
+  steps, per_epoch = total_steps(config, task.clips_per_epoch)
+  key = jax.random.key(config.seed)
+
+  # Abstract init -> shardings; nothing is materialised yet.
+  boxed = jax.eval_shape(task.init, key)
+  p_sh = sharding.param_shardings(boxed, mesh, rules, config.get("min_fsdp_size", 0))
+  abstract_params = nn.meta.unbox(boxed)
+  ocfg = ml_collections.ConfigDict({**config.optim.to_dict(), "batch_size": config.batch_size})
+  tx, sched = optim.make_optimizer(ocfg, abstract_params, steps, per_epoch, task.depth)
+  o_sh = sharding.opt_state_shardings(tx, jax.eval_shape(tx.init, abstract_params), p_sh, mesh)
+  state_sh = {"step": sharding.replicated(mesh), "params": p_sh, "opt_state": o_sh}
+
+  def init_state(params):
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  abstract_state = jax.eval_shape(lambda: init_state(abstract_params))
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.get("async", True))
+  data_iter = ip.make_iterator(task.train_data, config.data.get("workers", 0))
+  restored = ckpt.restore_latest(abstract_state, state_sh, data_iter)
+  if restored is not None:
+    start, state = restored
+    print(f"resumed {workdir} from step {start}", file=sys.stderr)
+  else:
+    start = 0
+    if task.load_init is not None:
+      params = task.load_init(abstract_params, p_sh)
+    else:
+      params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=p_sh)(key)
+    state = jax.jit(init_state, in_shardings=(p_sh,), out_shardings=state_sh, donate_argnums=0)(params)
+
+  def train_step(state, batch, extra):
+    rng = jax.random.fold_in(key, state["step"])
+    with nn.logical_axis_rules(rules):
+      (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state["params"], batch, rng, extra)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
+    out = {"loss": loss, "lr": sched(state["step"]), "grad_norm": optax.tree.norm(grads), **aux}
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
+
+  batch_sh = sharding.batch_sharding(mesh)
+  first = ip.to_global(next(data_iter), mesh)
+  batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in first.items()
+                  if isinstance(v, jax.Array)}
+  step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, task.extra_shardings),
+                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  with jax.set_mesh(mesh):
+    compiled = step_fn.lower(abstract_with(state_sh, abstract_state), batch_shapes, task.extra).compile()
+  flops = report_compiled(compiled, config.batch_size)
+  writer = metrics.Writer(workdir, steps, config.batch_size, flops, name=config.get("name", "train"))
+
+  preempt, history, pending, batch = _Preemption(), [], None, first
+  result = Result(start, None, history)
+  writer.start(start)
+  try:
+    for step in range(start + 1, steps + 1):
+      if batch is None:
+        batch = ip.to_global(next(data_iter), mesh)
+      state, out = compiled(state, {k: batch[k] for k in batch_shapes}, task.extra)
+      batch = None
+      if pending is not None:  # check the previous step's loss while this one runs (keeps dispatch async)
+        _check_finite(*pending)
+      pending = (step, out)
+      if step % config.log_every == 0 or step == steps:
+        _check_finite(step, out)
+        history.append(writer.write(step, {k: np.asarray(v) for k, v in out.items()}) | {"step": step})
+      if step % config.checkpoint.every == 0 or step == steps:
+        ckpt.save(step, state, data_iter, config.to_dict())
+      if task.evaluate and config.get("eval_every", 0) and step % config.eval_every == 0 and step < steps:
+        writer.write(step, task.evaluate(state["params"], step))
+      if preempt.reached():
+        if step % config.checkpoint.every:
+          ckpt.save(step, state, data_iter, config.to_dict())
+        ckpt.wait()
+        log.warning("SIGTERM: saved step %d in %s; exiting", step, workdir)
+        result.preempted = True
+        break
+    if pending is not None:
+      _check_finite(*pending)
+    ckpt.wait()
+    result.step, result.params = int(state["step"]), state["params"]
+    if task.evaluate and not result.preempted:
+      result.eval = task.evaluate(state["params"], result.step)
+      writer.write(result.step, result.eval)
+  finally:
+    preempt.restore()
+    writer.close()
+  return result
+
+
+def save_final_params(workdir: str, params: Any, meta: dict) -> str:
+  """The trained params as `<workdir>/params.npz` (umt_jax.params_io, with export metadata: `umt-export-torch`
+  turns it into an official PyTorch checkpoint). Collective: every process calls it; process 0 writes."""
+  host = checkpoint.to_host(params)
+  path = f"{workdir}/params.npz"
+  if jax.process_index() == 0:
+    params_io.save_params(path, host, meta)
+  return path
+
+
+def abstract_with(shardings: Any, tree: Any) -> Any:
+  return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, tree)
+
+
+def _check_finite(step: int, out: dict) -> None:
+  loss = float(np.asarray(out["loss"]))
+  if not math.isfinite(loss):
+    raise FloatingPointError(f"loss is {loss} at step {step}; stopping (the last good checkpoint is kept). "
+                             "Lower the learning rate, enable optim.grad_clip, or check the data.")
+
+
+def report_compiled(compiled: Any, batch: int) -> float | None:
+  """Prints the compiled step's memory analysis and FLOPs (MaxText does this before step 0); -> FLOPs/step."""
+  mem = compiled.memory_analysis()
+  if mem is not None and jax.process_index() == 0:
+    gib = lambda b: b / 2 ** 30
+    print(f"compiled step, per device: arguments {gib(mem.argument_size_in_bytes):.3f} GiB, outputs "
+          f"{gib(mem.output_size_in_bytes):.3f} GiB, temporaries {gib(mem.temp_size_in_bytes):.3f} GiB, "
+          f"aliased {gib(mem.alias_size_in_bytes):.3f} GiB", file=sys.stderr)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  if not flops:
+    return None
+  # cost_analysis counts one device's program; the whole step is that times the device count.
+  total = flops * jax.device_count()
+  if jax.process_index() == 0:
+    print(f"step FLOPs {total / 1e12:.3f} TFLOP ({total / batch / 1e9:.2f} GFLOP per clip)", file=sys.stderr)
+  return total

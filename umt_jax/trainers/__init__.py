@@ -1,0 +1,1 @@
+"""One trainer per stage: clip (stage 0, demo teacher), umt (stage 1), finetune (classification)."""

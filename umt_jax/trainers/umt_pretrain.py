@@ -1,0 +1,80 @@
+"""UMT stage 1: align the student's unmasked tokens with a frozen frame-wise CLIP teacher.
+
+Per step: teacher forward on all frames (no gradient, its own compute dtype) -> semantic mask from its CLS
+attention (keep 1 - ratio of each frame's tokens) -> student on the visible tokens -> K alignment decoders ->
+`uta_loss` against the teacher's last K layers at the same positions. The teacher comes from a params file
+(`umt-import-clip` for real CLIPs, or the demo's stage 0) and is passed into the step as a sharded argument,
+so it is neither optimised nor checkpointed.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from umt_jax import config_lib, input_pipeline as ip, losses, masking, sharding
+from umt_jax.convert.clip_import import load_teacher
+from umt_jax.models.clip import CLIPTeacher
+from umt_jax.models.heads import UMTPretrain
+from umt_jax.models.vit import gather_tokens
+from umt_jax.train_loop import Task, run, save_final_params, setup_mesh
+
+
+def build(config: ml_collections.ConfigDict):
+  """-> (student UMTPretrain, CLIPTeacher, teacher params (numpy), encoder kwargs)."""
+  tcfg, tparams = load_teacher(config.teacher.path)
+  enc = config_lib.student_kwargs(config.model)
+  if config.model.tubelet_size != 1:
+    raise ValueError("config.model.tubelet_size: UMT aligns frame-wise teacher tokens, so it must be 1")
+  if config.data.size // enc["patch_size"] != tcfg.grid:
+    raise ValueError(f"student grid {config.data.size}/{enc['patch_size']} != teacher grid {tcfg.image_size}/"
+                     f"{tcfg.patch_size}: the teacher's tokens must line up with the student's")
+  dtype = jnp.dtype(config.model.dtype)
+  student = UMTPretrain(encoder=enc, clip_dim=tcfg.embed_dim, num_align_layers=config.teacher.align_layers,
+                        dtype=dtype)
+  teacher = CLIPTeacher(tcfg, num_layers=config.teacher.align_layers, dtype=jnp.dtype(config.teacher.dtype))
+  return student, teacher, tparams, enc
+
+
+def alignment(student: UMTPretrain, teacher: CLIPTeacher, mask_ratio: float, dtype):
+  """The stage-1 objective: loss(params, batch, rng, teacher_params) -> (uta_loss, {})."""
+  def loss(params, batch, rng, teacher_params):
+    video = ip.normalize(batch["video"], dtype)
+    feats, attn = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, video))
+    k_mask, k_drop = jax.random.split(rng)
+    visible = masking.semantic_mask(k_mask, attn, mask_ratio)  # (B, T·Nv)
+    pred = student.apply({"params": params}, video, visible, deterministic=False, rngs={"dropout": k_drop})
+    target = jax.vmap(gather_tokens, in_axes=(0, None))(feats, visible)
+    return losses.uta_loss(pred, target), {}
+  return loss
+
+
+def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
+  meta = config_lib.check_data(config, (config.data.split,))
+  student, teacher, tparams, _ = build(config)
+  mesh, rules = setup_mesh(config, devices)
+  t_boxed = jax.eval_shape(lambda: teacher.init(jax.random.key(0), _dummy(config)))["params"]
+  t_sh = sharding.param_shardings(t_boxed, mesh, rules, config.min_fsdp_size)
+  t_params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.dtype(config.teacher.dtype)), s),
+                          tparams, t_sh)
+  nv = masking.num_visible(teacher.cfg.grid ** 2, config.teacher.mask_ratio) * config.data.num_frames
+  init = lambda rng: student.init({"params": rng}, _dummy(config), jnp.zeros((1, nv), jnp.int32))["params"]
+  spec = config_lib.clip_spec(config.data)
+  data = ip.train_dataset([ip.Source(config.data.path, config.data.split, clip=spec)], config.batch_size,
+                          config.seed)
+  n_train = meta["splits"][config.data.split]["num_records"] if meta else 0
+  return Task(init=init, loss=alignment(student, teacher, config.teacher.mask_ratio, jnp.dtype(config.model.dtype)),
+              train_data=data, clips_per_epoch=n_train, extra=t_params, extra_shardings=t_sh)
+
+
+def _dummy(config) -> jax.Array:
+  s = config.data.size
+  return jnp.zeros((1, config.data.num_frames, s, s, 3), jnp.float32)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
+  result = run(config, workdir, make_task(config, devices), devices)
+  if not result.preempted:
+    save_final_params(workdir, result.params, {"kind": "umt_pretrain", "encoder": config_lib.student_kwargs(
+        config.model), "num_frames": config.data.num_frames, "img_size": config.data.size})
+  return result
