@@ -11,3 +11,7 @@ $(VENV)/.installed: setup.py
 .PHONY: test
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q tests
+
+.PHONY: demo
+demo: $(VENV)/.installed
+	$(VENV)/bin/python -m umt_jax.demo --workdir $${WORKDIR:-/tmp/umt_demo}

@@ -80,3 +80,23 @@ def test_word_tokenizer_conventions():
   assert ids.tolist() == [1, tok.index["a"], tok.index["red"], tok.index["square"], tok.eot, 0]
   assert int(np.argmax(ids)) == 4  # CLIP finds end-of-text with argmax
   assert tok("a a a a a a a a")[-1] == tok.eot
+
+
+@pytest.mark.parametrize("recipe,arg", [("umt_k710", "B"), ("umt_k710", "L"), ("finetune_kinetics", "B,k710"),
+                                        ("finetune_kinetics", "L,k400"), ("finetune_kinetics", "B,ssv2"),
+                                        ("demo", "clip"), ("demo", "umt"), ("demo", "finetune"), ("demo", "scratch")])
+def test_recipes_load_and_name_real_fields(recipe, arg):
+  import importlib.util
+  import os
+  from umt_jax import config_lib
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{recipe}.py")
+  spec = importlib.util.spec_from_file_location(recipe, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(arg)
+  ref = config_lib.base(c.trainer)
+  extra = set(c.to_dict()) - set(ref.to_dict()) - {"clip"}
+  assert not extra, f"{recipe}:{arg} adds unknown top-level fields {extra}"
+  config_lib.student_kwargs(c.model)
+  with pytest.raises(ValueError):
+    module.get_config("nonsense")
