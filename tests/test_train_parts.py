@@ -23,11 +23,9 @@ def test_mesh_fill_and_errors():
 def test_small_params_replicated_and_indivisible_axes_dropped():
   mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
   import flax.linen as nn
-  init = lambda names: nn.with_logical_partitioning(nn.initializers.zeros, names)
   boxed = {"big": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((64, 256), jnp.float32), ("embed", "mlp")),
            "odd": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((6, 256), jnp.float32), ("embed", "mlp")),
            "small": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((64,), jnp.float32), ("embed",))}
-  del init
   sh = sharding.param_shardings(boxed, mesh, sharding.DEFAULT_RULES, min_fsdp_size=1000)
   P = jax.sharding.PartitionSpec
   assert sh["big"].spec == P("fsdp", "tensor") and sh["odd"].spec == P(None, "tensor") and sh["small"].spec == P()
