@@ -67,6 +67,12 @@ def student_kwargs(model: ml_collections.ConfigDict) -> dict:
                         remat_policy=model.remat, attn_impl=model.attn_impl or None, **overrides)
 
 
+def student_export_meta(config: ml_collections.ConfigDict, kind: str) -> dict:
+  """params.npz metadata that `umt-export-torch` needs for a student of layout `kind`."""
+  return {"kind": kind, "encoder": student_kwargs(config.model), "num_frames": config.data.num_frames,
+          "img_size": config.data.size}
+
+
 def clip_spec(data: ml_collections.ConfigDict, **overrides) -> ip.ClipSpec:
   kw = dict(num_frames=data.num_frames, sampling=data.sampling, stride=data.stride, size=data.size, crop=data.crop,
             rrc_scale=(data.rrc_min_scale, 1.0), flip=data.flip, test_clips=data.test_clips,

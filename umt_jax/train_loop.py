@@ -181,6 +181,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
   return result
 
 
+def run_and_save(config: ml_collections.ConfigDict, workdir: str, task: Task, meta: dict, devices=None) -> Result:
+  """`run`, then (unless preempted) the final params as `<workdir>/params.npz` with `meta`."""
+  result = run(config, workdir, task, devices)
+  if not result.preempted:
+    save_final_params(workdir, result.params, meta)
+  return result
+
+
 def save_final_params(workdir: str, params: Any, meta: dict) -> str:
   """The trained params as `<workdir>/params.npz` (umt_jax.params_io, with export metadata: `umt-export-torch`
   turns it into an official PyTorch checkpoint). Collective: every process calls it; process 0 writes."""

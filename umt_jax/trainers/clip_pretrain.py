@@ -18,7 +18,7 @@ import optax
 
 from umt_jax import config_lib, input_pipeline as ip, tokenizer as tok
 from umt_jax.models.clip import CLIP, CLIPConfig
-from umt_jax.train_loop import Task, run, save_final_params
+from umt_jax.train_loop import Task, run_and_save
 
 
 def clip_config(config: ml_collections.ConfigDict, vocab_size: int) -> CLIPConfig:
@@ -57,7 +57,4 @@ def make_task(config: ml_collections.ConfigDict, workdir: str, devices=None) -> 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
   task, cfg = make_task(config, workdir, devices)
-  result = run(config, workdir, task, devices)
-  if not result.preempted:
-    save_final_params(workdir, result.params, {"kind": "clip", "clip_config": dataclasses.asdict(cfg)})
-  return result
+  return run_and_save(config, workdir, task, {"kind": "clip", "clip_config": dataclasses.asdict(cfg)}, devices)

@@ -14,7 +14,7 @@ import ml_collections
 
 from umt_jax import checkpoint, config_lib, evaluation, input_pipeline as ip, mixup
 from umt_jax.models.heads import VideoClassifier
-from umt_jax.train_loop import Task, run, save_final_params, setup_mesh
+from umt_jax.train_loop import Task, run_and_save, setup_mesh
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int) -> VideoClassifier:
@@ -68,8 +68,5 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
-  result = run(config, workdir, make_task(config, devices), devices)
-  if not result.preempted:
-    save_final_params(workdir, result.params, {"kind": "classifier", "encoder": config_lib.student_kwargs(
-        config.model), "num_frames": config.data.num_frames, "img_size": config.data.size})
-  return result
+  return run_and_save(config, workdir, make_task(config, devices),
+                      config_lib.student_export_meta(config, "classifier"), devices)

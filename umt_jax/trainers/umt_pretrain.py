@@ -17,7 +17,7 @@ from umt_jax.convert.clip_import import load_teacher
 from umt_jax.models.clip import CLIPTeacher
 from umt_jax.models.heads import UMTPretrain
 from umt_jax.models.vit import gather_tokens
-from umt_jax.train_loop import Task, run, save_final_params, setup_mesh
+from umt_jax.train_loop import Task, run_and_save, setup_mesh
 
 
 def build(config: ml_collections.ConfigDict):
@@ -73,8 +73,5 @@ def _dummy(config) -> jax.Array:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
-  result = run(config, workdir, make_task(config, devices), devices)
-  if not result.preempted:
-    save_final_params(workdir, result.params, {"kind": "umt_pretrain", "encoder": config_lib.student_kwargs(
-        config.model), "num_frames": config.data.num_frames, "img_size": config.data.size})
-  return result
+  return run_and_save(config, workdir, make_task(config, devices),
+                      config_lib.student_export_meta(config, "umt_pretrain"), devices)
