@@ -36,7 +36,7 @@ def get_config(arg: str = "B,k400") -> ml_collections.ConfigDict:
   c.num_epochs = ep_l if big else ep_b
   c.data.update(split="train", eval_split="val", num_frames=8, sampling=sampling, size=224, crop="rrc",
                 rrc_min_scale=0.08, flip=flip, test_clips=clips, test_crops=3, workers=8, eval_batch_size=64)
-  c.model.update(variant=variant, drop_path=0.2 if big else 0.1, dtype="bfloat16")
+  c.model.update(variant=variant, drop_path=0.2 if big else 0.1, dtype="bfloat16", attn_impl="auto")
   c.optim.update(lr=lr_l if big else lr_b, min_lr=1e-6, warmup_lr=1e-6, warmup_epochs=wu_l if big else wu_b,
                  b1=0.9, b2=0.999, weight_decay=0.05, layer_decay=0.85 if big else 0.75)
   c.checkpoint.update(every=1000, keep=2)

@@ -22,9 +22,10 @@ def get_config(arg: str = "B") -> ml_collections.ConfigDict:
   c.name = f"umt_{arg.lower()}16_k710"
   c.batch_size, c.num_epochs = 2048, 201
   c.data.update(split="train", num_frames=8, sampling="segment", size=224, crop="multiscale", flip=True, workers=8)
-  c.model.update(variant=arg, drop_path=0.1 if arg == "B" else 0.2, dtype="bfloat16",
+  c.model.update(variant=arg, drop_path=0.1 if arg == "B" else 0.2, dtype="bfloat16", attn_impl="auto",
                  remat="none" if arg == "B" else "dots_no_batch")
-  c.teacher.update(align_layers=6, mask_ratio=0.8, dtype="bfloat16")
+  c.teacher.update(align_layers=6, mask_ratio=0.8, dtype="bfloat16", arch="ViT-B/16" if arg == "B" else "ViT-L/14",
+                   image_size=0 if arg == "B" else 196)
   c.optim.update(lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, b1=0.9, b2=0.95, weight_decay=0.05)
   c.mesh.update(data=-1, fsdp=1 if arg == "B" else 8)
   c.checkpoint.update(every=1000, keep=3)

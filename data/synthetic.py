@@ -86,8 +86,8 @@ class _Object:
 
 def _primary(rng: np.random.Generator, cls: str, size: int, t: int) -> _Object:
   s = np.arange(t, dtype=np.float32)
-  r0 = size * rng.uniform(0.12, 0.17)
-  travel = size * 0.45
+  r0 = size * rng.uniform(0.17, 0.23)
+  travel = size * 0.4
   ones = np.ones(t, np.float32)
   cx = cy = None
   angle = rng.uniform(0, 2 * np.pi) * ones
@@ -104,7 +104,7 @@ def _primary(rng: np.random.Generator, cls: str, size: int, t: int) -> _Object:
     sign = -1 if cls == "rotate_cw" else 1  # clockwise on screen = decreasing angle (v points up)
     angle = angle + sign * np.deg2rad(20.0) * s
   elif cls in ("grow", "shrink"):
-    small, big = size * 0.07, size * 0.2
+    small, big = size * 0.09, size * 0.26
     ramp = s / (t - 1)
     r = small + (big - small) * (ramp if cls == "grow" else 1 - ramp)
     lo, hi = big + 1, size - big - 1
@@ -152,7 +152,7 @@ def render_clip(seed: int, split: str, index: int, cls: str, size: int = 64, fra
     a = o.alpha[t_idx, None].astype(np.float32)
     video[t_idx, yy, xx] = video[t_idx, yy, xx] * (1 - a) + np.asarray(COLOURS[o.colour], np.float32) * a
   p = objs[0]
-  size_word = "large" if p.r.mean() > size * 0.15 else "small"
+  size_word = "large" if p.r.mean() > size * 0.2 else "small"
   motion = PHRASE.get(cls, "bouncing")
   caption = f"a {size_word} {p.colour} {p.shape} {motion}"
   if len(objs) > 1:

@@ -18,7 +18,8 @@ import pytest
 from data import synthetic
 from umt_jax import checkpoint, main as umt_main, params_io, sharding, train_loop
 from umt_jax.models.clip import CLIPConfig, CLIPVision
-from umt_jax.trainers import finetune, umt_pretrain
+from umt_jax.convert.clip_import import load_teacher
+from umt_jax.trainers import clip_pretrain, finetune, umt_pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CLIP = CLIPConfig(embed_dim=16, image_size=16, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2)
@@ -215,3 +216,18 @@ def test_finetune_from_stage1_loads_the_encoder_and_evaluates(data, teacher, tmp
                params["encoder"], {k: v for k, v in pre.params["encoder"].items() if k != "norm"})
   ev = task.evaluate(params, 0)
   assert set(ev) == {"top1", "top5", "top1_temporal", "top1_appearance"} and 0 <= ev["top1"] <= 100
+
+
+def test_clip_stage0_learns_and_its_params_are_a_stage1_teacher(data, tmp_path):
+  c = tiny("clip", data, total_steps=10, **{"optim.warmup_epochs": 0.0})
+  c.clip.update(embed_dim=16, vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
+                text_heads=2)
+  r = clip_pretrain.train(c, str(tmp_path / "clip"))
+  losses = [h["loss"] for h in r.history if "loss" in h]
+  assert losses[-1] < 0.8 * losses[0]  # InfoNCE over batches of 8 starts near ln 8
+  assert os.path.isfile(tmp_path / "clip" / "tokenizer.json")
+  path = str(tmp_path / "clip" / "params.npz")
+  tcfg, _ = load_teacher(path)
+  assert (tcfg.image_size, tcfg.vision_width, tcfg.vision_layers) == (16, 32, 2)
+  u = umt_pretrain.train(tiny("umt", data, **{"teacher.path": path, "total_steps": 2}), str(tmp_path / "umt"))
+  assert u.step == 2 and np.isfinite(u.history[-1]["loss"])

@@ -26,6 +26,7 @@ def base(trainer: str) -> ml_collections.ConfigDict:
   c.total_steps = 0  # > 0 overrides num_epochs
   c.log_every = 50
   c.eval_every = 0  # 0: evaluate only at the end
+  c.peak_flops = 0.0  # per device, for MFU; 0: from the device table in umt_jax.metrics
   c.distributed = False  # force jax.distributed.initialize (SLURM / TPU pods are detected anyway)
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
@@ -43,7 +44,7 @@ def base(trainer: str) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       variant="B", embed_dim=0, depth=0, num_heads=0, mlp_dim=0, patch_size=0,  # > 0 overrides the variant
-      tubelet_size=1, drop_path=0.1, dtype="float32", remat="none", attn_impl=""))
+      tubelet_size=1, drop_path=0.1, dtype="float32", remat="none", attn_impl=""))  # attn_impl: ""/xla, cudnn, auto
 
   if trainer == "clip":  # the demo's stage-0 CLIP (image_size follows data.size, vocab the tokenizer)
     c.clip = ml_collections.ConfigDict(dict(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
@@ -51,7 +52,9 @@ def base(trainer: str) -> ml_collections.ConfigDict:
                                             text_heads=8))
   if trainer == "umt":
     # path: a params file from umt-import-clip (or the demo's stage 0); align_layers: K last teacher blocks.
-    c.teacher = ml_collections.ConfigDict(dict(path="", align_layers=6, mask_ratio=0.8, dtype="float32"))
+    # arch / image_size: the CLIP_PRESETS architecture the mesh planner and benchmarks build (no weights needed).
+    c.teacher = ml_collections.ConfigDict(dict(path="", align_layers=6, mask_ratio=0.8, dtype="float32",
+                                               arch="ViT-B/16", image_size=0))
   if trainer == "finetune":
     c.model.update(num_classes=0, fc_drop=0.0)  # 0 classes: from the dataset's label names
     c.init_from = ml_collections.ConfigDict({"workdir": ""})  # a stage-1 workdir ('' = random init)

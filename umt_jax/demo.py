@@ -27,7 +27,7 @@ from umt_jax import config_lib, evaluation, input_pipeline as ip, main as umt_ma
 from umt_jax.convert.clip_import import load_teacher
 from umt_jax.models.clip import CLIPTeacher, CLIPVision
 
-SPLITS = {"pretrain": 3000, "train": 600, "test": 500}
+SPLITS = {"pretrain": 3000, "train": 300, "test": 500}
 
 
 def demo_config(stage: str, workdir: str):

@@ -1,4 +1,5 @@
-"""Logging for trainers: a console progress line (ETA, clips/s, loss, TFLOP/s per device, MFU), TensorBoard
+"""Logging for trainers: a console progress line (ETA, clips/s, loss, TFLOP/s per device, MFU, step time and
+the part of it spent waiting for data), TensorBoard
 event files written by tensorboardX (no TensorFlow), and `metrics.jsonl` (one JSON object per logged step),
 all from process 0 only.
 """
@@ -12,26 +13,25 @@ from typing import Mapping
 
 import jax
 
-# Dense bf16 peak FLOP/s per device, for MFU. Unknown devices (CPU) report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-              "TPU v5p": 459e12, "TPU v6 lite": 918e12}
-
+from umt_jax import hardware
 
 def peak_flops(device: jax.Device) -> float | None:
-  kind = getattr(device, "device_kind", "")
-  return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+  """Dense bf16 peak of a known accelerator (umt_jax.hardware); None for others (CPU): then no MFU unless the
+  config sets `peak_flops`."""
+  acc = hardware.detect(device)
+  return acc.peak_flops if acc else None
 
 
 class Writer:
   """Scalars to console, TensorBoard and metrics.jsonl."""
 
   def __init__(self, workdir: str, total_steps: int, clips_per_step: int, flops_per_step: float | None = None,
-               name: str = "train"):
+               name: str = "train", peak: float | None = None):
     self.active = jax.process_index() == 0
     self.total, self.clips, self.name = total_steps, clips_per_step, name
     self.flops_per_device = flops_per_step / jax.device_count() if flops_per_step else None
-    self.peak = peak_flops(jax.devices()[0])
-    self._t, self._step, self._tb = None, None, None
+    self.peak = peak or peak_flops(jax.devices()[0])
+    self._t, self._step, self._tb, self._wait = None, None, None, 0.0
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       from tensorboardX import SummaryWriter
@@ -39,7 +39,11 @@ class Writer:
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
   def start(self, step: int) -> None:
-    self._t, self._step = time.perf_counter(), step
+    self._t, self._step, self._wait = time.perf_counter(), step, 0.0
+
+  def data_wait(self, seconds: float) -> None:
+    """Adds time the loop spent blocked on the input pipeline."""
+    self._wait += seconds
 
   def write(self, step: int, scalars: Mapping[str, float], console: bool = True) -> dict:
     """Logs `scalars` at `step`; adds throughput since the previous call. Returns what was logged."""
@@ -48,12 +52,13 @@ class Writer:
     if self._t is not None and step > self._step:
       dt = (now - self._t) / (step - self._step)
       out["clips_per_s"] = self.clips / dt
+      out["step_s"], out["data_wait_s"] = dt, self._wait / (step - self._step)
       if self.flops_per_device:
         out["tflops_per_device"] = self.flops_per_device / dt / 1e12
         if self.peak:
           out["mfu"] = self.flops_per_device / dt / self.peak
       eta = dt * (self.total - step)
-      self._t, self._step = now, step
+      self._t, self._step, self._wait = now, step, 0.0
     else:
       eta = None
     if self.active:

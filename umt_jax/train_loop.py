@@ -1,11 +1,11 @@
 """The loop every stage shares: sharded state, compiled step, checkpoints, preemption, logging, evaluation.
 
-A trainer describes its stage as a `Task` (init, loss, frozen extras, data, eval) and calls `run`. The loop:
-mesh + rules from the config -> abstract init (`jax.eval_shape`) -> param / optimizer shardings -> resume from
-the workdir's latest checkpoint (state and data iterator) or initialise (optionally from a previous stage) ->
-`jax.jit` with in/out shardings and donation of the state -> `memory_analysis` and FLOPs before step 0 -> steps,
-with (async) checkpoints every `checkpoint.every` steps, a save-and-exit on SIGTERM, and a stop naming the step
-on a non-finite loss.
+A trainer describes its stage as a `Task` (init, loss, frozen extras, data, eval) and calls `run`.
+`build_step`: mesh + rules from the config -> abstract init (`jax.eval_shape`) -> param / optimizer shardings ->
+`jax.jit` with in/out shardings and donation of the state. `run`: resume from the workdir's latest checkpoint
+(state and data iterator) or initialise (optionally from a previous stage) -> `memory_analysis` and FLOPs before
+step 0 -> steps, with (async) checkpoints every `checkpoint.every` steps, a save-and-exit on SIGTERM, a stop
+naming the step on a non-finite loss, and step time split into waiting for data vs the rest.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import sys
+import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -38,11 +39,14 @@ class Task:
   `extra` is a pytree of frozen arrays (e.g. the teacher's params) passed to every step, placed with
   `extra_shardings`. `load_init(abstract_params, shardings)`, if given, returns params that replace the random
   init of a fresh run (a previous stage's weights). `evaluate(params, step)` -> {name: value}.
+  `flops_per_step`: the analytic count (umt_jax.flops) that TFLOP/s and MFU use; 0 falls back to XLA's.
+  A task without data still compiles (`build_step`): the mesh planner and the benchmarks use that.
   """
   init: Callable[[jax.Array], Any]
   loss: Callable[..., tuple[jax.Array, dict]]
-  train_data: grain.MapDataset
-  clips_per_epoch: int
+  train_data: grain.MapDataset | None = None
+  clips_per_epoch: int = 0
+  flops_per_step: float = 0.0
   extra: Any = None
   extra_shardings: Any = None
   depth: int = 0  # for layer-wise lr decay
@@ -90,12 +94,32 @@ def total_steps(config: ml_collections.ConfigDict, clips_per_epoch: int) -> tupl
   return steps, per_epoch
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=None) -> Result:
-  mesh, rules = setup_mesh(config, devices)
-  steps, per_epoch = total_steps(config, task.clips_per_epoch)
-  key = jax.random.key(config.seed)
+@dataclasses.dataclass
+class TrainStep:
+  """The jitted, sharded train step of a task and everything needed to feed it."""
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  fn: Any  # jax.jit(step)(state, batch, extra) -> (state, metrics); the state is donated
+  init_state: Any  # jax.jit(params) -> state
+  state_shardings: Any
+  abstract_state: Any  # ShapeDtypeStructs
+  param_shardings: Any
+  abstract_params: Any
 
-  # Abstract init -> shardings; nothing is materialised yet.
+  def lower(self, batch_shapes: dict, extra: Any) -> Any:
+    """AOT compile for global batch shapes {name: (shape, dtype)} (nothing runs) -> jax Compiled."""
+    b_sh = sharding.batch_sharding(self.mesh)
+    batch = {k: jax.ShapeDtypeStruct(s, d, sharding=b_sh) for k, (s, d) in batch_shapes.items()}
+    with jax.set_mesh(self.mesh):
+      return self.fn.lower(abstract_with(self.state_shardings, self.abstract_state), batch, extra).compile()
+
+
+def build_step(config: ml_collections.ConfigDict, task: Task, steps: int, per_epoch: float,
+               devices=None) -> TrainStep:
+  """Mesh + rules from the config -> abstract init (`jax.eval_shape`) -> param and optimizer-state shardings ->
+  the step, jitted with in/out shardings and donation of the state."""
+  mesh, rules = setup_mesh(config, devices)
+  key = jax.random.key(config.seed)
   boxed = jax.eval_shape(task.init, key)
   p_sh = sharding.param_shardings(boxed, mesh, rules, config.get("min_fsdp_size", 0))
   abstract_params = nn.meta.unbox(boxed)
@@ -107,21 +131,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
   def init_state(params):
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
-  abstract_state = jax.eval_shape(lambda: init_state(abstract_params))
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.get("async", True))
-  data_iter = ip.make_iterator(task.train_data, config.data.get("workers", 0))
-  restored = ckpt.restore_latest(abstract_state, state_sh, data_iter)
-  if restored is not None:
-    start, state = restored
-    print(f"resumed {workdir} from step {start}", file=sys.stderr)
-  else:
-    start = 0
-    if task.load_init is not None:
-      params = task.load_init(abstract_params, p_sh)
-    else:
-      params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=p_sh)(key)
-    state = jax.jit(init_state, in_shardings=(p_sh,), out_shardings=state_sh, donate_argnums=0)(params)
-
   def train_step(state, batch, extra):
     rng = jax.random.fold_in(key, state["step"])
     with nn.logical_axis_rules(rules):
@@ -131,16 +140,38 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
     out = {"loss": loss, "lr": sched(state["step"]), "grad_norm": optax.tree.norm(grads), **aux}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
 
-  batch_sh = sharding.batch_sharding(mesh)
+  fn = jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh), task.extra_shardings),
+               out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  init_fn = jax.jit(init_state, in_shardings=(p_sh,), out_shardings=state_sh, donate_argnums=0)
+  return TrainStep(mesh, rules, fn, init_fn, state_sh, jax.eval_shape(lambda: init_state(abstract_params)), p_sh,
+                   abstract_params)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=None) -> Result:
+  steps, per_epoch = total_steps(config, task.clips_per_epoch)
+  ts = build_step(config, task, steps, per_epoch, devices)
+  mesh = ts.mesh
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.get("async", True))
+  data_iter = ip.make_iterator(task.train_data, config.data.get("workers", 0))
+  restored = ckpt.restore_latest(ts.abstract_state, ts.state_shardings, data_iter)
+  if restored is not None:
+    start, state = restored
+    print(f"resumed {workdir} from step {start}", file=sys.stderr)
+  else:
+    start = 0
+    if task.load_init is not None:
+      params = task.load_init(ts.abstract_params, ts.param_shardings)
+    else:
+      params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=ts.param_shardings)(
+          jax.random.key(config.seed))
+    state = ts.init_state(params)
+
   first = ip.to_global(next(data_iter), mesh)
-  batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in first.items()
-                  if isinstance(v, jax.Array)}
-  step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, task.extra_shardings),
-                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  with jax.set_mesh(mesh):
-    compiled = step_fn.lower(abstract_with(state_sh, abstract_state), batch_shapes, task.extra).compile()
-  flops = report_compiled(compiled, config.batch_size)
-  writer = metrics.Writer(workdir, steps, config.batch_size, flops, name=config.get("name", "train"))
+  batch_shapes = {k: (v.shape, v.dtype) for k, v in first.items() if isinstance(v, jax.Array)}
+  compiled = ts.lower(batch_shapes, task.extra)
+  flops = report_compiled(compiled, config.batch_size, task.flops_per_step)
+  writer = metrics.Writer(workdir, steps, config.batch_size, flops, name=config.get("name", "train"),
+                          peak=config.get("peak_flops", 0.0) or None)
 
   preempt, history, pending, batch = _Preemption(), [], None, first
   result = Result(start, None, history)
@@ -148,7 +179,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
   try:
     for step in range(start + 1, steps + 1):
       if batch is None:
+        t = time.perf_counter()
         batch = ip.to_global(next(data_iter), mesh)
+        writer.data_wait(time.perf_counter() - t)
       state, out = compiled(state, {k: batch[k] for k in batch_shapes}, task.extra)
       batch = None
       if pending is not None:  # check the previous step's loss while this one runs (keeps dispatch async)
@@ -210,8 +243,9 @@ def _check_finite(step: int, out: dict) -> None:
                              "Lower the learning rate, enable optim.grad_clip, or check the data.")
 
 
-def report_compiled(compiled: Any, batch: int) -> float | None:
-  """Prints the compiled step's memory analysis and FLOPs (MaxText does this before step 0); -> FLOPs/step."""
+def report_compiled(compiled: Any, batch: int, model_flops: float = 0.0) -> float | None:
+  """Prints the compiled step's memory analysis and FLOPs (MaxText does this before step 0) -> the FLOPs per
+  step that TFLOP/s and MFU use: the analytic `model_flops` when given, else XLA's count."""
   mem = compiled.memory_analysis()
   if mem is not None and jax.process_index() == 0:
     gib = lambda b: b / 2 ** 30
@@ -220,11 +254,10 @@ def report_compiled(compiled: Any, batch: int) -> float | None:
           f"aliased {gib(mem.alias_size_in_bytes):.3f} GiB", file=sys.stderr)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
-  if not flops:
-    return None
   # cost_analysis counts one device's program; the whole step is that times the device count.
-  total = flops * jax.device_count()
-  if jax.process_index() == 0:
-    print(f"step FLOPs {total / 1e12:.3f} TFLOP ({total / batch / 1e9:.2f} GFLOP per clip)", file=sys.stderr)
-  return total
+  xla = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
+  flops = model_flops or xla or None
+  if flops and jax.process_index() == 0:
+    print(f"step FLOPs {flops / 1e12:.4g} TFLOP ({flops / batch / 1e9:.3g} GFLOP per clip; "
+          f"{'analytic' if model_flops else 'XLA'}), XLA's count {xla / 1e12:.4g} TFLOP", file=sys.stderr)
+  return flops

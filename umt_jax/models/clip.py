@@ -54,6 +54,13 @@ CLIP_PRESETS: dict[str, CLIPConfig] = {
                        text_heads=4),
 }
 
+def teacher_arch(name: str, image_size: int = 0) -> CLIPConfig:
+  """A CLIP_PRESETS architecture, optionally at another input size (UMT-L's teacher: ViT-L/14 at 196²)."""
+  if name not in CLIP_PRESETS:
+    raise ValueError(f"config.teacher.arch={name!r}; expected one of {sorted(CLIP_PRESETS)}")
+  return dataclasses.replace(CLIP_PRESETS[name], **({"image_size": image_size} if image_size else {}))
+
+
 ACTIVATIONS = {"quick_gelu": layers.quick_gelu, "gelu": layers.exact_gelu}
 
 

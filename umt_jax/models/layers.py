@@ -133,6 +133,18 @@ class Mlp(nn.Module):
     return Dense(d, axes=("mlp", "embed"), name=self.names[1], **kw)(h)
 
 
+def attention_impl(requested: str | None, dtype: Dtype, head_dim: int) -> str | None:
+  """'auto' -> 'cudnn' (flash attention) where cuDNN supports it: a GPU of compute capability >= 8.0, bf16 or
+  fp16, head_dim a multiple of 8 up to 128; else 'xla'. Other values pass through (None means XLA too:
+  `jax.nn.dot_product_attention` does not pick cuDNN by itself)."""
+  if requested != "auto":
+    return requested
+  dev = jax.devices()[0]
+  ok = (dev.platform == "gpu" and float(getattr(dev, "compute_capability", "0") or 0) >= 8.0
+        and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128)
+  return "cudnn" if ok else "xla"
+
+
 class Attention(nn.Module):
   """Multi-head self-attention over (B, N, D) tokens, in one of two official param layouts.
 
@@ -147,7 +159,7 @@ class Attention(nn.Module):
   causal: bool = False
   return_cls_attn: bool = False
   kernel_init: Initializer | None = None
-  attn_impl: str | None = None  # None: XLA picks; 'cudnn' forces flash attention on GPU
+  attn_impl: str | None = None  # None / 'xla', 'cudnn' (flash attention on GPU), 'auto' (see attention_impl)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -180,7 +192,7 @@ class Attention(nn.Module):
                                               "activation_kv")) for i in range(3))
     scale = dh ** -0.5
     out = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=self.causal,
-                                       implementation=self.attn_impl)
+                                       implementation=attention_impl(self.attn_impl, q.dtype, dh))
     y = Dense(d, axes=("heads", "kv", "embed"), in_ndim=2, kernel_init=self.kernel_init, name=out_name,
               **kw)(out)
     if not self.return_cls_attn:

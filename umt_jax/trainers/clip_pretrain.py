@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from umt_jax import config_lib, input_pipeline as ip, tokenizer as tok
+from umt_jax import config_lib, flops, input_pipeline as ip, tokenizer as tok
 from umt_jax.models.clip import CLIP, CLIPConfig
 from umt_jax.train_loop import Task, run_and_save
 
@@ -51,7 +51,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str, devices=None) -> 
   spec = config_lib.clip_spec(config.data, num_frames=1, sampling="segment", captions=True)
   data = ip.train_dataset([ip.Source(config.data.path, config.data.split, clip=spec)], config.batch_size,
                           config.seed, transform=tok.Tokenize(tokenizer))
-  task = Task(init=init, loss=loss, train_data=data, clips_per_epoch=meta["splits"][config.data.split]["num_records"])
+  task = Task(init=init, loss=loss, train_data=data, clips_per_epoch=meta["splits"][config.data.split]["num_records"],
+              flops_per_step=flops.clip_step(config.batch_size, cfg))
   return task, cfg
 
 

@@ -7,12 +7,14 @@ top-1 per temporal / appearance class group when the data marks them).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from umt_jax import checkpoint, config_lib, evaluation, input_pipeline as ip, mixup
+from umt_jax import checkpoint, config_lib, evaluation, flops, input_pipeline as ip, mixup
 from umt_jax.models.heads import VideoClassifier
 from umt_jax.train_loop import Task, run_and_save, setup_mesh
 
@@ -22,11 +24,8 @@ def build(config: ml_collections.ConfigDict, num_classes: int) -> VideoClassifie
                          fc_drop_rate=config.model.fc_drop, dtype=jnp.dtype(config.model.dtype))
 
 
-def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
-  meta = config_lib.check_data(config, (config.data.split, config.data.eval_split))
-  num_classes = config.model.num_classes or len(meta.get("label_names") or [])
-  if not num_classes:
-    raise ValueError(f"config.model.num_classes is 0 and {config.data.path} names no labels")
+def model_task(config: ml_collections.ConfigDict, num_classes: int) -> Task:
+  """The stage without data: init, the Mixup/CutMix soft-target loss, depth for layer decay, analytic FLOPs."""
   model = build(config, num_classes)
   dtype, m = jnp.dtype(config.model.dtype), config.mixup
   s = config.data.size
@@ -39,10 +38,24 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
     logits = model.apply({"params": params}, video.astype(dtype), deterministic=False, rngs={"dropout": k_drop})
     return mixup.soft_cross_entropy(logits, targets), {}
 
+  enc = model.encoder
+  step_flops = flops.finetune_step(config.batch_size, config.data.num_frames, s // enc["patch_size"], enc,
+                                   num_classes, config.model.tubelet_size)
+  return Task(init=init, loss=loss, flops_per_step=step_flops, depth=enc.get("depth", 12))
+
+
+def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
+  meta = config_lib.check_data(config, (config.data.split, config.data.eval_split))
+  num_classes = config.model.num_classes or len(meta.get("label_names") or [])
+  if not num_classes:
+    raise ValueError(f"config.model.num_classes is 0 and {config.data.path} names no labels")
+  model = build(config, num_classes)
+  dtype = jnp.dtype(config.model.dtype)
+  task = model_task(config, num_classes)
   load_init = None
   if config.init_from.workdir:
     def load_init(abstract, shardings):
-      params = jax.jit(lambda k: nn.meta.unbox(init(k)), out_shardings=shardings)(jax.random.key(config.seed))
+      params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=shardings)(jax.random.key(config.seed))
       enc, step = checkpoint.restore_subtree(config.init_from.workdir, ("params", "encoder"), abstract["encoder"],
                                              shardings["encoder"])
       print(f"initialised the encoder from {config.init_from.workdir} (step {step})")
@@ -63,8 +76,8 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
   train_spec = config_lib.clip_spec(config.data)
   data = ip.train_dataset([ip.Source(config.data.path, config.data.split, clip=train_spec)], config.batch_size,
                           config.seed)
-  return Task(init=init, loss=loss, train_data=data, clips_per_epoch=meta["splits"][config.data.split]["num_records"],
-              depth=model.encoder.get("depth", 12), load_init=load_init, evaluate=evaluate)
+  return dataclasses.replace(task, train_data=data, clips_per_epoch=meta["splits"][config.data.split]["num_records"],
+                             load_init=load_init, evaluate=evaluate)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None):

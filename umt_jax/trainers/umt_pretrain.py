@@ -8,21 +8,23 @@ so it is neither optimised nor checkpointed.
 """
 from __future__ import annotations
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from umt_jax import config_lib, input_pipeline as ip, losses, masking, sharding
+from umt_jax import config_lib, flops, input_pipeline as ip, losses, masking, sharding
 from umt_jax.convert.clip_import import load_teacher
-from umt_jax.models.clip import CLIPTeacher
+from umt_jax.models.clip import CLIPConfig, CLIPTeacher
 from umt_jax.models.heads import UMTPretrain
 from umt_jax.models.vit import gather_tokens
 from umt_jax.train_loop import Task, run_and_save, setup_mesh
 
 
-def build(config: ml_collections.ConfigDict):
-  """-> (student UMTPretrain, CLIPTeacher, teacher params (numpy), encoder kwargs)."""
-  tcfg, tparams = load_teacher(config.teacher.path)
+def build(config: ml_collections.ConfigDict, tcfg: CLIPConfig) -> tuple[UMTPretrain, CLIPTeacher]:
+  """-> (student UMTPretrain, CLIPTeacher) for a teacher of architecture `tcfg`."""
   enc = config_lib.student_kwargs(config.model)
   if config.model.tubelet_size != 1:
     raise ValueError("config.model.tubelet_size: UMT aligns frame-wise teacher tokens, so it must be 1")
@@ -33,7 +35,7 @@ def build(config: ml_collections.ConfigDict):
   student = UMTPretrain(encoder=enc, clip_dim=tcfg.embed_dim, num_align_layers=config.teacher.align_layers,
                         dtype=dtype)
   teacher = CLIPTeacher(tcfg, num_layers=config.teacher.align_layers, dtype=jnp.dtype(config.teacher.dtype))
-  return student, teacher, tparams, enc
+  return student, teacher
 
 
 def alignment(student: UMTPretrain, teacher: CLIPTeacher, mask_ratio: float, dtype):
@@ -49,22 +51,38 @@ def alignment(student: UMTPretrain, teacher: CLIPTeacher, mask_ratio: float, dty
   return loss
 
 
-def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
-  meta = config_lib.check_data(config, (config.data.split,))
-  student, teacher, tparams, _ = build(config)
+def model_task(config: ml_collections.ConfigDict, tcfg: CLIPConfig, tparams=None, devices=None) -> Task:
+  """The stage without data: student init, loss, the teacher sharded by rule, analytic FLOPs.
+
+  tparams: the teacher's params (numpy); None gives ShapeDtypeStructs (compile-only: the mesh planner).
+  """
+  student, teacher = build(config, tcfg)
   mesh, rules = setup_mesh(config, devices)
   t_boxed = jax.eval_shape(lambda: teacher.init(jax.random.key(0), _dummy(config)))["params"]
   t_sh = sharding.param_shardings(t_boxed, mesh, rules, config.min_fsdp_size)
-  t_params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.dtype(config.teacher.dtype)), s),
-                          tparams, t_sh)
-  nv = masking.num_visible(teacher.cfg.grid ** 2, config.teacher.mask_ratio) * config.data.num_frames
+  t_dtype = jnp.dtype(config.teacher.dtype)
+  if tparams is None:
+    t_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, t_dtype, sharding=s), nn.meta.unbox(t_boxed),
+                            t_sh)
+  else:
+    t_params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, t_dtype), s), tparams, t_sh)
+  ratio, frames = config.teacher.mask_ratio, config.data.num_frames
+  nv = masking.num_visible(tcfg.grid ** 2, ratio) * frames
   init = lambda rng: student.init({"params": rng}, _dummy(config), jnp.zeros((1, nv), jnp.int32))["params"]
+  step_flops = flops.umt_step(config.batch_size, frames, tcfg.grid, ratio, student.encoder, tcfg.embed_dim,
+                              config.teacher.align_layers, tcfg)
+  return Task(init=init, loss=alignment(student, teacher, ratio, jnp.dtype(config.model.dtype)),
+              flops_per_step=step_flops, extra=t_params, extra_shardings=t_sh)
+
+
+def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
+  meta = config_lib.check_data(config, (config.data.split,))
+  tcfg, tparams = load_teacher(config.teacher.path)
   spec = config_lib.clip_spec(config.data)
   data = ip.train_dataset([ip.Source(config.data.path, config.data.split, clip=spec)], config.batch_size,
                           config.seed)
   n_train = meta["splits"][config.data.split]["num_records"] if meta else 0
-  return Task(init=init, loss=alignment(student, teacher, config.teacher.mask_ratio, jnp.dtype(config.model.dtype)),
-              train_data=data, clips_per_epoch=n_train, extra=t_params, extra_shardings=t_sh)
+  return dataclasses.replace(model_task(config, tcfg, tparams, devices), train_data=data, clips_per_epoch=n_train)
 
 
 def _dummy(config) -> jax.Array:

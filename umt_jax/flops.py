@@ -1,0 +1,63 @@
+"""Analytic FLOPs of one training step, per stage: what TFLOP/s and MFU divide by (MaxText's convention).
+
+Matmuls only, 2 FLOPs per multiply-add; a trained layer costs 3× its forward (forward, gradient w.r.t. its input,
+gradient w.r.t. its weights), a frozen one 1×, and the patch embedding 2× (its input, the pixels, needs no
+gradient). Elementwise work (norms, softmax, GELU, the optimizer) and remat recomputation are left out, so
+these are "model FLOPs": a remat run does more work for the same count. `tests/test_flops.py` checks every
+stage against XLA's `cost_analysis()` of the compiled step.
+
+  UMT stage 1   student on the visible tokens only (its patch embedding on all of them, before the gather),
+                K alignment decoders on the visible tokens, the teacher forward on every frame.
+  fine-tuning   the classifier on all tokens.
+  CLIP stage 0  image tower on one frame, text tower, and the B×B similarity matrix.
+"""
+from __future__ import annotations
+
+from umt_jax.masking import num_visible
+
+TRAIN, FROZEN, EMBED = 3.0, 1.0, 2.0  # passes of a trained layer, a frozen one, a trained input embedding
+
+
+def linear(tokens: int, d_in: int, d_out: int) -> float:
+  return 2.0 * tokens * d_in * d_out
+
+
+def blocks(tokens: int, width: int, depth: int, mlp_dim: int) -> float:
+  """Forward FLOPs of `depth` transformer blocks on one sequence: qkv, QKᵀ, AV, output projection, MLP."""
+  n, d = tokens, width
+  return depth * (linear(n, d, 3 * d) + 2 * linear(n, d, n) + linear(n, d, d) + 2 * linear(n, d, mlp_dim))
+
+
+def student(visible: int, tokens: int, enc: dict, tubelet: int = 1) -> float:
+  """Train FLOPs of the video ViT on `visible` of its `tokens` for one clip."""
+  p = enc["patch_size"]
+  return (TRAIN * blocks(visible, enc["embed_dim"], enc["depth"], enc["mlp_dim"])
+          + EMBED * linear(tokens, tubelet * p * p * 3, enc["embed_dim"]))
+
+
+def clip_image(cfg, passes: float, project: int) -> float:
+  """FLOPs of the CLIP image tower on one image; `project` tokens go through the output projection."""
+  n = cfg.grid ** 2
+  return (EMBED if passes == TRAIN else FROZEN) * linear(n, cfg.patch_size ** 2 * 3, cfg.vision_width) + passes * (
+      blocks(n + 1, cfg.vision_width, cfg.vision_layers, 4 * cfg.vision_width)
+      + linear(project, cfg.vision_width, cfg.embed_dim))
+
+
+def umt_step(batch: int, frames: int, grid: int, mask_ratio: float, enc: dict, clip_dim: int, align_layers: int,
+             teacher_cfg) -> float:
+  """One stage-1 step: `batch` clips of `frames` frames, grid×grid tokens per frame."""
+  visible = num_visible(grid * grid, mask_ratio) * frames
+  decoders = TRAIN * align_layers * linear(visible, enc["embed_dim"], clip_dim)
+  teacher = frames * clip_image(teacher_cfg, FROZEN, align_layers * grid * grid)
+  return batch * (student(visible, grid * grid * frames, enc) + decoders + teacher)
+
+
+def finetune_step(batch: int, frames: int, grid: int, enc: dict, num_classes: int, tubelet: int = 1) -> float:
+  n = frames // tubelet * grid * grid
+  return batch * (student(n, n, enc, tubelet) + TRAIN * linear(1, enc["embed_dim"], num_classes))
+
+
+def clip_step(batch: int, cfg) -> float:
+  text = blocks(cfg.context_length, cfg.text_width, cfg.text_layers, 4 * cfg.text_width) + \
+      linear(1, cfg.text_width, cfg.embed_dim)
+  return batch * (clip_image(cfg, TRAIN, 1) + TRAIN * text) + TRAIN * linear(batch, cfg.embed_dim, batch)
