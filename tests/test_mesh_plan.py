@@ -18,9 +18,8 @@ def small_umt():
   c = config_lib.base("umt")
   c.update(batch_size=16, min_fsdp_size=0)
   c.data.update(size=32, num_frames=2)
-  c.model.update(embed_dim=64, depth=2, num_heads=4, mlp_dim=256, patch_size=16, drop_path=0.0)
+  c.model.update(embed_dim=64, depth=2, num_heads=4, mlp_dim=256, patch_size=8, drop_path=0.0)
   c.teacher.update(arch="tiny", image_size=32, align_layers=2)  # CLIP_PRESETS['tiny']: 32² / 8 -> grid 4
-  c.model.patch_size = 8
   return c
 
 
@@ -75,8 +74,8 @@ def test_command_line_on_16_virtual_devices():
   cmd = [sys.executable, "-m", "umt_jax.tools.mesh_plan", "--config=configs/umt_k710.py:B", "--devices=16",
          "--mesh=data:16", "--mesh=data:4,fsdp:4", "--accelerator=v5p", "--config.batch_size=32",
          "--config.data.size=32", "--config.data.num_frames=2", "--config.model.variant=Ti",
-         "--config.model.patch_size=8", "--config.teacher.arch=tiny", "--config.teacher.image_size=32",
-         "--config.teacher.align_layers=2", "--config.min_fsdp_size=0"]
+         "--config.model.patch_size=8", "--config.model.depth=2", "--config.teacher.arch=tiny",
+         "--config.teacher.image_size=32", "--config.teacher.align_layers=2", "--config.min_fsdp_size=0"]
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "16 devices" in out.stdout and "roofline on v5p" in out.stdout
