@@ -16,8 +16,14 @@ import statistics
 import sys
 import time
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
+
+from umt_jax import hardware, sharding, stages, train_loop
 
 FLAGS = flags.FLAGS
 
@@ -46,12 +52,6 @@ def _set(config, key: str, value) -> None:
 
 def run_row(config, steps: int, warmup: int, peak: float | None) -> dict:
   """Compiles and times `config`'s step on all local devices -> one row."""
-  import jax
-  import jax.numpy as jnp
-  import flax.linen as nn
-  import numpy as np
-  from umt_jax import sharding, stages, train_loop
-
   task, batch_shapes = stages.stage_task(config)
   ts = train_loop.build_step(config, task, steps=1000, per_epoch=100.0)
   compiled = ts.lower(batch_shapes, task.extra)
@@ -88,8 +88,6 @@ def run_row(config, steps: int, warmup: int, peak: float | None) -> dict:
 def main(argv) -> None:
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)
-  import jax
-  from umt_jax import hardware
   base = FLAGS.config
   acc = hardware.detect(jax.devices()[0])
   peak = FLAGS.peak_flops or (acc.peak_flops if acc else None)

@@ -18,8 +18,13 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
+import numpy as np
 from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
+
+from umt_jax import hardware, stages, train_loop  # importing JAX does not start a backend: flags still apply
+from umt_jax.tools import collectives
 
 FLAGS = flags.FLAGS
 
@@ -36,8 +41,6 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def _per_device_bytes(tree, shardings) -> float:
-  import jax
-  import numpy as np
   leaves = jax.tree.leaves(jax.tree.map(
       lambda x, s: int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize, tree, shardings))
   return float(sum(leaves))
@@ -45,9 +48,6 @@ def _per_device_bytes(tree, shardings) -> float:
 
 def plan(config, mesh_spec: dict[str, int], accelerator: str, devices=None, num_classes: int = 400) -> dict:
   """Compiles `config`'s train step on `mesh_spec` -> one row of per-device figures (bytes, FLOPs, seconds)."""
-  import jax
-  from umt_jax import hardware, stages, train_loop
-  from umt_jax.tools import collectives
   acc = hardware.lookup(accelerator)
   config = config.copy_and_resolve_references()
   config.mesh.update(mesh_spec)
@@ -104,7 +104,6 @@ def main(argv) -> None:
   if FLAGS.devices:  # before JAX creates its CPU client
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={FLAGS.devices}").strip()
-  import jax
   jax.config.update("jax_platforms", "cpu")  # virtual devices: never touch an accelerator
   devices = jax.devices()
   if FLAGS.devices and len(devices) != FLAGS.devices:
