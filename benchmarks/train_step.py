@@ -16,7 +16,6 @@ import statistics
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,8 +55,7 @@ def run_row(config, steps: int, warmup: int, peak: float | None) -> dict:
   ts = train_loop.build_step(config, task, steps=1000, per_epoch=100.0)
   compiled = ts.lower(batch_shapes, task.extra)
   key = jax.random.key(0)
-  params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=ts.param_shardings)(key)
-  state = ts.init_state(params)
+  state = ts.init_state(ts.init_params(key))
   extra = None if task.extra is None else jax.jit(  # random teacher weights: timing does not need trained ones
       lambda k: jax.tree.map(lambda x: 0.02 * jax.random.normal(k, x.shape, x.dtype), task.extra),
       out_shardings=task.extra_shardings)(key)

@@ -14,8 +14,7 @@ WIDTH = 256  # wide enough that matmuls dominate, as in real models; XLA also co
 def xla_flops(task, config, batch_shapes) -> float:
   dev = jax.devices()[:1]
   ts = train_loop.build_step(config, task, steps=10, per_epoch=1.0, devices=dev)
-  cost = ts.lower(batch_shapes, task.extra).cost_analysis()
-  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  return float(train_loop.xla_cost(ts.lower(batch_shapes, task.extra))["flops"])
 
 
 def student_config(trainer: str):

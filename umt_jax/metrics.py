@@ -15,6 +15,7 @@ import jax
 
 from umt_jax import hardware
 
+
 def peak_flops(device: jax.Device) -> float | None:
   """Dense bf16 peak of a known accelerator (umt_jax.hardware); None for others (CPU): then no MFU unless the
   config sets `peak_flops`."""

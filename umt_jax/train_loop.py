@@ -100,6 +100,7 @@ class TrainStep:
   mesh: jax.sharding.Mesh
   rules: tuple
   fn: Any  # jax.jit(step)(state, batch, extra) -> (state, metrics); the state is donated
+  init_params: Any  # jax.jit(key) -> random params, sharded
   init_state: Any  # jax.jit(params) -> state
   state_shardings: Any
   abstract_state: Any  # ShapeDtypeStructs
@@ -142,8 +143,9 @@ def build_step(config: ml_collections.ConfigDict, task: Task, steps: int, per_ep
 
   fn = jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh), task.extra_shardings),
                out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  init_params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=p_sh)
   init_fn = jax.jit(init_state, in_shardings=(p_sh,), out_shardings=state_sh, donate_argnums=0)
-  return TrainStep(mesh, rules, fn, init_fn, state_sh, jax.eval_shape(lambda: init_state(abstract_params)), p_sh,
+  return TrainStep(mesh, rules, fn, init_params, init_fn, state_sh, jax.eval_shape(lambda: init_state(abstract_params)), p_sh,
                    abstract_params)
 
 
@@ -162,8 +164,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
     if task.load_init is not None:
       params = task.load_init(ts.abstract_params, ts.param_shardings)
     else:
-      params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=ts.param_shardings)(
-          jax.random.key(config.seed))
+      params = ts.init_params(jax.random.key(config.seed))
     state = ts.init_state(params)
 
   first = ip.to_global(next(data_iter), mesh)
@@ -243,6 +244,12 @@ def _check_finite(step: int, out: dict) -> None:
                              "Lower the learning rate, enable optim.grad_clip, or check the data.")
 
 
+def xla_cost(compiled: Any) -> dict:
+  """XLA's cost analysis of one device's compiled program ({'flops', 'bytes accessed', ...}; {} if none)."""
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+
+
 def report_compiled(compiled: Any, batch: int, model_flops: float = 0.0) -> float | None:
   """Prints the compiled step's memory analysis and FLOPs (MaxText does this before step 0) -> the FLOPs per
   step that TFLOP/s and MFU use: the analytic `model_flops` when given, else XLA's count."""
@@ -252,10 +259,8 @@ def report_compiled(compiled: Any, batch: int, model_flops: float = 0.0) -> floa
     print(f"compiled step, per device: arguments {gib(mem.argument_size_in_bytes):.3f} GiB, outputs "
           f"{gib(mem.output_size_in_bytes):.3f} GiB, temporaries {gib(mem.temp_size_in_bytes):.3f} GiB, "
           f"aliased {gib(mem.alias_size_in_bytes):.3f} GiB", file=sys.stderr)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # cost_analysis counts one device's program; the whole step is that times the device count.
-  xla = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
+  xla = float(xla_cost(compiled).get("flops", 0.0)) * jax.device_count()
   flops = model_flops or xla or None
   if flops and jax.process_index() == 0:
     print(f"step FLOPs {flops / 1e12:.4g} TFLOP ({flops / batch / 1e9:.3g} GFLOP per clip; "

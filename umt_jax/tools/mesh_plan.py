@@ -56,8 +56,7 @@ def plan(config, mesh_spec: dict[str, int], accelerator: str, devices=None, num_
   ts = train_loop.build_step(config, task, steps=1000, per_epoch=100.0, devices=devices)
   compiled = ts.lower(batch, task.extra)
   n = len(devices)
-  cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  cost = train_loop.xla_cost(compiled)
   mem = compiled.memory_analysis()
   ops = collectives.parse(compiled.as_text(), n)
   comm = collectives.summarize(ops, acc.fast_link, acc.slow_link, acc.per_node)
