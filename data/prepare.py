@@ -8,8 +8,9 @@ Annotations: CSV with a header naming the media path (`path`, `video`, `image`, 
 `label` and/or `caption`; TSV likewise, or header-less CC3M style `caption<TAB>path`; a JSON list of
 {"video"|"image"|"path"|"file"|"filename": ..., "caption": str | [str, ...], "label": ...} ("id", "image_id",
 "video_id" ignored); or COCO caption JSON {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}
-(captions grouped per image). Labels that are all integers are kept; class names are mapped to indices in
-sorted order (the names go into metadata.json).
+(captions grouped per image). Annotation files are UTF-8 with or without a BOM, or UTF-16 with a BOM (what
+spreadsheets save), with LF, CRLF or CR line ends. Labels that are all integers are kept; class names are
+mapped to indices in sorted order (the names go into metadata.json).
 
 Media kind is by extension (`--media auto`: .jpg .jpeg .png .webp .bmp .gif .tif .tiff are images, anything
 else a video), or forced with `--media image|video`; a split may mix both. Videos are decoded with PyAV; up to
@@ -22,16 +23,22 @@ Bad inputs are skipped, logged and counted in report.json by reason: `missing_fi
 (garbage, truncated or undecodable files), `unsupported_codec`, `no_video_stream`, `too_short` (fewer than
 `--min_frames` decodable video frames), `too_small` (a short side under `--min_side` pixels), `too_large` (an
 image over PIL's MAX_IMAGE_PIXELS, a decompression bomb, or a frame whose long side after resizing exceeds
-JPEG's 65500), `bad_annotation` (a malformed row). A re-run skips finished shards.
+JPEG's 65500), `bad_annotation` (a malformed row, or a JSON entry of the wrong type, reported with its index).
+A re-run skips finished shards. One run at a time per output folder (`<out>/.lock`; a second one fails naming the
+first one's pid); temporary files a killed run left are removed, and its workers exit with it.
 """
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import dataclasses
+import io
+import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -66,8 +73,10 @@ class SkipClip(Exception):
 def make_row(where: str, path, label=None, caption=None) -> Row:
   """A Row from one annotation entry's values (CSV strings or JSON values); malformed ones make an error row."""
   caps = [] if caption is None else [caption] if isinstance(caption, str) else caption
-  if not isinstance(path, str) or not path.strip():
+  if path is None or path == "":
     return Row(path=where, error="no media path")
+  if not isinstance(path, str) or not path.strip():
+    return Row(path=where, error=f"the media path must be a non-empty string, got {path!r}")
   if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
     return Row(path=where, error=f"caption must be a string or a list of strings, got {caption!r}")
   if label is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
@@ -118,29 +127,53 @@ def _coco_rows(path: str, d: dict) -> list[Row]:
   return rows
 
 
+def read_text(path: str, what: str) -> str:
+  """A user's text file: UTF-8 with or without a BOM, or UTF-16 with a BOM (Excel's 'Unicode text'); line ends
+  are kept as they are (csv and json take LF, CRLF and CR). Not decodable: ValueError naming the file and line."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  utf16 = raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+  try:
+    return raw.decode("utf-16" if utf16 else "utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw[: e.start].count(b"\n") + 1
+    raise ValueError(f"{what} {path!r} is not {'UTF-16' if utf16 else 'UTF-8'} text (line {line}, bytes "
+                     f"{raw[e.start:e.start + 4]!r}); save it as UTF-8 (spreadsheets: 'CSV UTF-8')") from None
+
+
 def read_annotations(path: str) -> list[Row]:
-  """Rows of a CSV/TSV or JSON annotation file. Fatal errors: missing/empty file, unknown columns or keys."""
+  """Rows of a CSV/TSV or JSON annotation file. Fatal errors: missing/empty/undecodable file, invalid JSON,
+  unknown columns or keys."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"annotation file {path!r} does not exist")
-  with open(path, newline="") as f:
-    text = f.read()
+  text = read_text(path, "annotation file")
   if not text.strip():
     raise ValueError(f"annotation file {path!r} is empty")
   if path.endswith(".json"):
-    items = json.loads(text)
+    try:
+      items = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"annotation file {path!r} is not valid JSON: {e}") from None
     if isinstance(items, dict):
       return _coco_rows(path, items)
     if not isinstance(items, list):
       raise ValueError(f"{path}: expected a JSON list of objects or COCO captions, got {type(items).__name__}")
     return _json_list_rows(path, items)
   tsv = path.endswith(".tsv")
-  reader = csv.reader(text.splitlines(), delimiter="\t" if tsv else ",",
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
                       quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+  try:
+    return _table_rows(path, reader, tsv)
+  except csv.Error as e:  # e.g. a field over csv's size limit (an unclosed quote)
+    raise ValueError(f"annotation file {path!r}, line {reader.line_num}: {e}") from None
+
+
+def _table_rows(path: str, reader, tsv: bool) -> list[Row]:
   first = next(reader)
   header = [h.strip().lower() for h in first]
-  start = 2
+  lines = ((reader.line_num, values) for values in reader)  # physical line numbers: quoted fields may span lines
   if tsv and not set(header) <= set(COLUMNS):  # CC3M: no header, caption then path (or URL)
-    header, reader, start = ["caption", "path"], iter([first, *reader]), 1
+    header, lines = ["caption", "path"], itertools.chain([(1, first)], lines)
   unknown = [h for h in header if h not in COLUMNS]
   if unknown:
     raise ValueError(f"{path}: unknown column(s) {unknown} in the header {header}; expected a header row with "
@@ -149,7 +182,7 @@ def read_annotations(path: str) -> list[Row]:
   if "path" not in cols:
     raise ValueError(f"{path}: the header {header} has no 'path' column")
   rows = []
-  for lineno, values in enumerate(reader, start=start):
+  for lineno, values in lines:
     if not values or not any(v.strip() for v in values):
       continue
     if len(values) != len(cols):
@@ -164,7 +197,7 @@ def read_annotations(path: str) -> list[Row]:
 def label_table(rows: list[Row]) -> tuple[dict, list[str] | None]:
   """Maps raw labels to ints: integers stay, names get sorted indices. -> (mapping, names or None)."""
   raw = sorted({str(r.label) for r in rows if r.error is None and r.label not in (None, "")})
-  if all(v.lstrip("-").isdigit() for v in raw):
+  if all(re.fullmatch(r"-?[0-9]+", v) for v in raw):
     return {v: int(v) for v in raw}, None
   return {v: i for i, v in enumerate(raw)}, raw
 
@@ -336,10 +369,8 @@ def write_metadata(out: str, splits: dict[str, list[dict]], label_names: list[st
                      for name, reps in splits.items()},
           "frame_stats": writer.frame_stats(all_reports), **(extra or {})}
   report = {name: writer.merge_reports(reps) for name, reps in splits.items()}
-  for name, content in (("metadata.json", meta), ("report.json", report)):
-    with open(os.path.join(out, name + ".tmp"), "w") as f:
-      json.dump(content, f, indent=1)
-    os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+  writer.write_json(os.path.join(out, "metadata.json"), meta)
+  writer.write_json(os.path.join(out, "report.json"), report)
   return meta
 
 
@@ -370,17 +401,17 @@ def main(argv: list[str] | None = None) -> dict:
       raise ValueError(f"--split {spec!r}: expected NAME=ANNOTATION_FILE")
     splits[name] = read_annotations(ann)
   labels, names = label_table([r for rows in splits.values() for r in rows])
-  os.makedirs(args.out, exist_ok=True)
   reports = {}
-  for name, rows in splits.items():
-    num_shards = max(1, -(-len(rows) // args.clips_per_shard))
-    jobs = [ShardJob(os.path.join(args.out, writer.shard_name(name, i, num_shards)), rows[a:b], args.root, labels,
-                     args.short_side, args.max_frames, args.fps, args.min_frames, args.quality, args.media,
-                     args.min_side)
-            for i, (a, b) in enumerate(writer.shard_ranges(len(rows), num_shards))]
-    reports[name] = writer.run_shard_jobs(convert_shard, jobs, args.workers, f"{name}")
   command = "python -m data.prepare " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-  meta = write_metadata(args.out, reports, names, command)
+  with writer.exclusive_output(args.out):
+    for name, rows in splits.items():
+      num_shards = max(1, -(-len(rows) // args.clips_per_shard))
+      jobs = [ShardJob(os.path.join(args.out, writer.shard_name(name, i, num_shards)), rows[a:b], args.root,
+                       labels, args.short_side, args.max_frames, args.fps, args.min_frames, args.quality, args.media,
+                       args.min_side)
+              for i, (a, b) in enumerate(writer.shard_ranges(len(rows), num_shards))]
+      reports[name] = writer.run_shard_jobs(convert_shard, jobs, args.workers, f"{name}")
+    meta = write_metadata(args.out, reports, names, command)
   skipped = {n: writer.merge_reports(r)["skipped"] for n, r in reports.items()}
   print(f"wrote {args.out}: " + ", ".join(f"{n} {m['num_records']} records" for n, m in meta["splits"].items())
         + f"; skipped {skipped} (details in report.json)")

@@ -199,16 +199,17 @@ def generate(out: str, counts: dict[str, int], *, seed: int = 0, classes: tuple[
   unknown = [c for c in classes if c not in TEMPORAL + APPEARANCE]
   if unknown:
     raise ValueError(f"unknown synthetic classes {unknown}; choose from {TEMPORAL + APPEARANCE}")
-  os.makedirs(out, exist_ok=True)
   reports = {}
-  for split, n in counts.items():
-    num_shards = max(1, -(-n // clips_per_shard))
-    jobs = [SynthJob(os.path.join(out, writer.shard_name(split, i, num_shards)), split, a, b, seed, tuple(classes),
-                     size, frames, fps, quality) for i, (a, b) in enumerate(writer.shard_ranges(n, num_shards))]
-    reports[split] = writer.run_shard_jobs(synth_shard, jobs, workers, f"synthetic {split}")
-  extra = {"temporal_classes": [c for c in classes if c in TEMPORAL], "direction_sensitive": True,
-           "synthetic": {"seed": seed, "size": size, "frames": frames, "fps": fps}}
-  return write_metadata(out, reports, list(classes), command, extra)
+  with writer.exclusive_output(out):  # one run per folder; a killed run's temporary files are removed
+    for split, n in counts.items():
+      num_shards = max(1, -(-n // clips_per_shard))
+      jobs = [SynthJob(os.path.join(out, writer.shard_name(split, i, num_shards)), split, a, b, seed,
+                       tuple(classes), size, frames, fps, quality)
+              for i, (a, b) in enumerate(writer.shard_ranges(n, num_shards))]
+      reports[split] = writer.run_shard_jobs(synth_shard, jobs, workers, f"synthetic {split}")
+    extra = {"temporal_classes": [c for c in classes if c in TEMPORAL], "direction_sensitive": True,
+             "synthetic": {"seed": seed, "size": size, "frames": frames, "fps": fps}}
+    return write_metadata(out, reports, list(classes), command, extra)
 
 
 def main(argv: list[str] | None = None) -> dict:

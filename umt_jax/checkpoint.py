@@ -7,12 +7,20 @@ Saves are asynchronous; `keep` newest are kept. Restores always pass target shar
 on one mesh restores onto any other). A latest checkpoint that fails to restore (corrupted, half-deleted) is
 moved aside to `checkpoints/corrupt-<step>` with a warning and the previous one is used. Frozen teachers are
 never in here: they are loaded from their own files by the trainer.
+
+Failures: an unwritable checkpoint directory (read-only filesystem, a path under a file) fails when the
+Checkpointer is made, before training starts. A save that fails part way (disk full, permission denied) raises
+naming the directory; orbax writes into `<step>.orbax-checkpoint-tmp*` and renames only a complete save, so the
+previous checkpoint stays the latest and restorable, and the leftovers of a failed or killed save are removed
+at the next start.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import secrets
+import shutil
+from typing import Any, NoReturn
 
 import grain
 import jax
@@ -33,6 +41,12 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._async = async_save
     self._keep = keep
+    self._saving: int | None = None  # the step of a save that may still be running
+    _check_writable(self.directory)
+    if jax.process_index() == 0:
+      for name in os.listdir(self.directory):  # a failed or killed save's partial directory
+        if ".orbax-checkpoint-tmp" in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
     self._open()
 
   def _open(self):
@@ -48,10 +62,24 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:  # also raises what a previous async save hit
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:
+      self._failed(self._saving or step, e)
+    self._saving = step
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      self._failed(self._saving, e)
+    self._saving = None
+
+  def _failed(self, step: int | None, err: Exception) -> NoReturn:
+    kept = [s for s in self.manager.all_steps() if s != step]
+    raise OSError(f"saving checkpoint step {step} in {self.directory} failed ({_summary(err)}); the previous "
+                  f"checkpoint ({max(kept) if kept else 'none'}) is kept. Free disk space or fix the permissions, "
+                  "then re-run the same command to resume from it") from err
 
   def restore_latest(self, state_like: Any, shardings: Any, data_iter: grain.DatasetIterator | None
                      ) -> tuple[int, Any] | None:
@@ -72,10 +100,28 @@ class Checkpointer:
   def _set_aside(self, step: int, err: Exception) -> None:
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.directory, f"corrupt-{step}")
-    log.warning("checkpoint %s does not restore (%s: %s); moved it to %s and trying the previous one",
-                src, type(err).__name__, str(err).splitlines()[0][:300], dst)
+    log.warning("checkpoint %s does not restore (%s); moved it to %s and trying the previous one",
+                src, _summary(err), dst)
     os.replace(src, dst)
     self._open()
+
+
+def _summary(err: Exception) -> str:
+  """'Type: first line' of an (often many-line, tensorstore) error."""
+  return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:500]}"
+
+
+def _check_writable(directory: str) -> None:
+  """Creates `directory` and writes a probe file in it: an unwritable workdir fails at start-up, naming it."""
+  probe = os.path.join(directory, f".write-test-{secrets.token_hex(4)}")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(e.errno, f"the checkpoint directory {directory} is not writable ({e.strerror or e}); give a "
+                  "--workdir on a writable filesystem") from e
 
 
 def restore_subtree(workdir: str, subtree: tuple[str, ...], like: Any, shardings: Any) -> tuple[Any, int]:
@@ -86,8 +132,8 @@ def restore_subtree(workdir: str, subtree: tuple[str, ...], like: Any, shardings
     raise FileNotFoundError(f"init_from workdir {workdir!r} has no checkpoints/ folder (did that stage run?)")
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
               "data": grain.checkpoint.CheckpointHandler()}
-  mngr = ocp.CheckpointManager(directory, item_handlers=handlers,
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  # Only read (never saved through); not `read_only=True`, which logs three warnings on every restore.
+  mngr = ocp.CheckpointManager(directory, item_handlers=handlers, options=ocp.CheckpointManagerOptions(create=False))
   step = mngr.latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from workdir {workdir!r}: no finished checkpoint in {directory}")

@@ -2,7 +2,7 @@
 
   python -m umt_jax.main --config=configs/<recipe>.py[:arg] --workdir=DIR [--config.key=value ...]
 
-The config's `trainer` picks the stage (clip, umt, finetune). A workdir with checkpoints resumes from the
+The config's `trainer` picks the stage (clip, umt, umt_stage2, finetune). A workdir with checkpoints resumes from the
 latest. Multi-host: `jax.distributed.initialize()` runs when SLURM or a TPU pod is detected, when
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are set (launch/local.py), or with
 `--config.distributed=True`; see `distributed_args` and launch/ for which GPUs each process takes.
@@ -24,7 +24,7 @@ flags.DEFINE_string("workdir", None, "stage directory: checkpoints, logs, params
 flags.mark_flags_as_required(["config", "workdir"])
 
 TRAINERS = {"clip": "umt_jax.trainers.clip_pretrain", "umt": "umt_jax.trainers.umt_pretrain",
-            "finetune": "umt_jax.trainers.finetune"}
+            "umt_stage2": "umt_jax.trainers.umt_stage2", "finetune": "umt_jax.trainers.finetune"}
 
 
 def _tasks_per_node(env: Mapping[str, str]) -> int:
@@ -78,10 +78,13 @@ def run(config, workdir: str, devices=None):
   if config.trainer not in TRAINERS:
     raise ValueError(f"config.trainer={config.trainer!r}; expected one of {sorted(TRAINERS)}")
   import jax
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config.to_dict(), f, indent=1)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=1)
+  except OSError as e:  # a read-only filesystem, a path under a file: fail before any work, naming it
+    raise OSError(f"workdir {workdir!r} is not writable ({e.strerror or e}); choose another --workdir") from None
   return importlib.import_module(TRAINERS[config.trainer]).train(config, workdir, devices)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any, Mapping
 
 import flax
 import numpy as np
 
 _META = "__meta__"
+WRITERS = "umt-import-clip / umt-import-bert / umt-import-umt, or a trainer's <workdir>/params.npz"
 
 
 def save_params(path: str, params: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
@@ -26,15 +28,24 @@ def save_params(path: str, params: Mapping[str, Any], meta: Mapping[str, Any] | 
 
 
 def load_params(path: str) -> tuple[dict, dict]:
-  """-> (params tree of numpy arrays, metadata dict)."""
+  """-> (params tree of numpy arrays, metadata dict). A missing, truncated or foreign file raises naming it and
+  what was expected; the caller checks meta['kind'] against what it needs."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"params file {path!r} does not exist")
+    state = "is a directory" if os.path.isdir(path) else "does not exist"
+    raise FileNotFoundError(f"params file {path!r} {state} (expected a .npz from {WRITERS})")
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path!r} is not a umt_jax params file (a .npz zip archive): truncated, or another kind of "
+                     f"file; expected a .npz from {WRITERS} (PyTorch / safetensors checkpoints go through those)")
   try:
     with np.load(path, allow_pickle=False) as z:
-      flat = {k: z[k] for k in z.files}
-  except Exception as e:  # zipfile / numpy errors for truncated or foreign files
-    raise ValueError(f"{path!r} is not a umt_jax params file (.npz): {e}") from e
-  if _META not in flat:
-    raise ValueError(f"{path!r} has no {_META!r} entry; it was not written by umt_jax.params_io.save_params")
-  meta = json.loads(str(flat.pop(_META)))
+      names = z.files
+      meta = json.loads(str(z[_META])) if _META in names else None
+      flat = {k: z[k] for k in names if k != _META} if isinstance(meta, dict) else {}
+  except Exception as e:  # zipfile, zlib, numpy-format and JSON errors: a member cut short or damaged
+    raise ValueError(f"params file {path!r} is truncated or corrupt ({type(e).__name__}: {e}); re-create it "
+                     f"with {WRITERS}") from e
+  if not isinstance(meta, dict):
+    hint = " (it looks like a PyTorch checkpoint)" if any(n.endswith("data.pkl") for n in names) else ""
+    raise ValueError(f"params file {path!r} has no {_META!r} metadata{hint}: it was not written by "
+                     f"umt_jax.params_io; expected a .npz from {WRITERS}")
   return flax.traverse_util.unflatten_dict(flat, sep="/"), meta

@@ -201,7 +201,8 @@ def load_teacher(path: str) -> tuple[CLIPConfig, dict]:
   """A params file written by this CLI -> (config, {'visual': params}) ready for `CLIPTeacher.apply`."""
   params, meta = params_io.load_params(path)
   if meta.get("kind") not in ("clip", "clip_visual"):
-    raise ValueError(f"{path!r} holds {meta.get('kind')!r} params, expected a CLIP written by umt-import-clip")
+    raise ValueError(f"params file {path!r} holds {meta.get('kind')!r} params; expected a CLIP image tower (kind "
+                     "'clip' or 'clip_visual': umt-import-clip, umt-import-umt --teacher_out, or stage 0's params.npz)")
   cfg = CLIPConfig(**meta["clip_config"])
   return cfg, {"visual": params["visual"] if meta["kind"] == "clip" else params}
 
