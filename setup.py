@@ -18,6 +18,7 @@ CORE = [
     "simplejpeg>=1.8",
     "tensorboardX>=2.6",
     "safetensors",
+    "tokenizers>=0.20",
 ]
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
 TORCH = ["torch==2.13.0", "transformers>=5,<6"]
@@ -33,12 +34,14 @@ setup(
     extras_require={
         "torch": TORCH,
         "video": VIDEO,
-        "test": ["pytest>=8"] + TORCH + VIDEO,
+        "test": ["pytest>=8", "psutil"] + TORCH + VIDEO,
     },
     entry_points={
         "console_scripts": [
             "umt-import-clip=umt_jax.convert.clip_import:main",
             "umt-export-torch=umt_jax.convert.torch_export:main",
+            "umt-import-umt=umt_jax.convert.umt_import:main",
+            "umt-import-bert=umt_jax.convert.bert_import:main",
             "umt-prepare-videos=data.prepare:main",
             "umt-synthetic-videos=data.synthetic:main",
         ],

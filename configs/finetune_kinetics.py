@@ -9,7 +9,8 @@ k710 (from UMT stage 1), k400 (from the K710 fine-tune), ssv2 (from UMT stage 1;
 Recipe: sparse 8-frame sampling, random resized crop (0.08-1) to 224², Mixup 0.8 / CutMix 1.0 / label smoothing
 0.1, AdamW (0.9, 0.999) wd 0.05, layer decay 0.75 (B) / 0.85 (L), drop path 0.1 / 0.2, lr per 256 clips
 (scaled by batch / 256) with warmup and cosine to 1e-6; softmax averaged over clips × crops at test time.
-Only the encoder is taken from `init_from` (the head is new; the official K710→K400 row slicing is not done).
+`init_from.workdir` gives the encoder (a new head); `init_from.params` a whole imported classifier, or with
+`--config.init_from.label_map=label_710to400.json` its K710 head rows mapped onto K400 (the official slicing).
 Expected (paper, official weights): K400 top-1 87.4 (B) / 90.6 (L); SSv2 70.8 (B) / 74.7 (L).
 """
 import ml_collections

@@ -4,20 +4,9 @@ import os
 
 import numpy as np
 import pytest
-from array_record.python.array_record_module import ArrayRecordReader
 
 from data import prepare, records
-from tests.videos import make_video_folder
-
-
-def _read_all(out, split):
-  meta = json.load(open(os.path.join(out, "metadata.json")))
-  recs = []
-  for shard in meta["splits"][split]["shards"]:
-    r = ArrayRecordReader(os.path.join(out, shard))
-    recs += [records.unpack(b) for b in r.read_all()]
-    r.close()
-  return meta, recs
+from tests.videos import make_video_folder, read_records
 
 
 @pytest.fixture()
@@ -39,7 +28,7 @@ def test_converts_good_videos_and_reports_every_bad_one(folder):
   meta = prepare.main(["--root", root, "--split", f"train={tmp}/train.csv", "--out", out, "--max_frames", "16",
                        "--short_side", "32", "--min_frames", "8", "--clips_per_shard", "3", "--workers", "1"])
   assert meta["label_names"] == ["jumping", "walking"]
-  _, recs = _read_all(out, "train")
+  _, recs = read_records(out, "train")
   assert sorted(r["id"] for r in recs) == ["good_a.mp4", "good_b.mp4"]
   a = next(r for r in recs if r["id"] == "good_a.mp4")
   assert len(a["frames"]) == 16 and a["src_frames"] == 24 and a["src_fps"] == 12
@@ -68,7 +57,7 @@ def test_fps_sampling_json_captions_and_resume(folder, tmp_path):
   args = ["--root", root, "--split", f"train={ann}", "--out", out, "--fps", "5", "--max_frames", "100",
           "--short_side", "0", "--clips_per_shard", "1", "--workers", "2"]
   prepare.main(args)
-  meta, recs = _read_all(out, "train")
+  meta, recs = read_records(out, "train")
   b = next(r for r in recs if r["id"] == "good_b.mp4")
   assert b["captions"] == ["a person jumps", "someone jumping"] and b["label"] == -1
   assert len(b["frames"]) == 8 and abs(b["fps"] - 5.0) < 0.3  # 40 frames at 25 fps -> 1.6 s at 5 fps
@@ -80,7 +69,7 @@ def test_fps_sampling_json_captions_and_resume(folder, tmp_path):
   prepare.main(args)
   assert os.path.getmtime(shards[0]) == mtimes[0]  # finished shard skipped
   assert os.path.isfile(shards[1])
-  _, again = _read_all(out, "train")
+  _, again = read_records(out, "train")
   assert [r["id"] for r in again] == [r["id"] for r in recs]
 
 

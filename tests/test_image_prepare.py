@@ -5,20 +5,14 @@ import os
 
 import numpy as np
 import pytest
-from array_record.python.array_record_module import ArrayRecordReader
 from PIL import Image
 
 from data import prepare, records
-from tests.videos import write_video
+from tests.videos import read_records, write_video
 
 
 def _read_all(out, split):
-  meta = json.load(open(os.path.join(out, "metadata.json")))
-  recs = []
-  for shard in meta["splits"][split]["shards"]:
-    r = ArrayRecordReader(os.path.join(out, shard))
-    recs += [records.unpack(b) for b in r.read_all()]
-    r.close()
+  meta, recs = read_records(out, split)
   return meta, {r["id"]: r for r in recs}
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from data import records, synthetic
+from tests.helpers import subprocess_env
 from umt_jax import input_pipeline as ip
 
 SPEC = ip.ClipSpec(num_frames=4, sampling="segment", size=24, crop="multiscale", flip=False, captions=True)
@@ -94,8 +95,7 @@ def test_two_processes_with_jax_distributed(synth, tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": os.getcwd()}
+  env = {**subprocess_env(2), "PYTHONPATH": os.getcwd()}
   out = str(tmp_path / "gathered.npy")
   procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", synth, str(port), str(i), out],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]

@@ -40,6 +40,10 @@ def test_layer_decay_matches_the_official_assignment():
   assert s["head"]["kernel"] == 1.0 and s["fc_norm"]["scale"] == 1.0
   mask = optim.decay_mask({"a": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}, "pos_embed": jnp.zeros((3, 4))})
   assert mask == {"a": {"kernel": True, "bias": False}, "pos_embed": False}
+  # Split-head biases are 1-D in torch (no decay); a 0-d param (stage 2's temp) is decayed, as officially.
+  mask = optim.decay_mask({"attn": {"q_bias": jnp.zeros((2, 4)), "qkv": {"kernel": jnp.zeros((4, 3, 2, 2))}},
+                           "query": {"bias": jnp.zeros((2, 4))}, "temp": jnp.zeros(())})
+  assert mask == {"attn": {"q_bias": False, "qkv": {"kernel": True}}, "query": {"bias": False}, "temp": True}
 
 
 def test_adamw_chain_equals_torch_adamw_semantics():
@@ -82,7 +86,9 @@ def test_word_tokenizer_conventions():
 
 @pytest.mark.parametrize("recipe,arg", [("umt_k710", "B"), ("umt_k710", "L"), ("finetune_kinetics", "B,k710"),
                                         ("finetune_kinetics", "L,k400"), ("finetune_kinetics", "B,ssv2"),
-                                        ("demo", "clip"), ("demo", "umt"), ("demo", "finetune"), ("demo", "scratch")])
+                                        ("demo", "clip"), ("demo", "umt"), ("demo", "finetune"), ("demo", "scratch"),
+                                        ("demo", "umt_stage2"), ("umt_stage2", "B,5m"), ("umt_stage2", "L,25m"),
+                                        ("retrieval", "B,zeroshot"), ("retrieval", "L,msrvtt")])
 def test_recipes_load_and_name_real_fields(recipe, arg):
   import importlib.util
   import os

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from data import synthetic
+from tests.helpers import subprocess_env
 from umt_jax import checkpoint, main as umt_main, params_io, sharding, train_loop
 from umt_jax.models.clip import CLIPConfig, CLIPVision
 from umt_jax.convert.clip_import import load_teacher
@@ -94,8 +95,7 @@ def _cli(workdir: str, data: str, *extra: str) -> list[str]:
 
 
 def _env():
-  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-          "PYTHONPATH": ROOT}
+  return {**subprocess_env(2), "PYTHONPATH": ROOT}
 
 
 def _run_until(cmd: list[str], workdir: str, step: int, sig: int) -> subprocess.CompletedProcess:
@@ -219,7 +219,7 @@ def test_finetune_from_stage1_loads_the_encoder_and_evaluates(data, teacher, tmp
 
 
 def test_clip_stage0_learns_and_its_params_are_a_stage1_teacher(data, tmp_path):
-  c = tiny("clip", data, total_steps=10, **{"optim.warmup_epochs": 0.0})
+  c = tiny("clip", data, total_steps=16, **{"optim.warmup_epochs": 0.0})
   c.clip.update(embed_dim=16, vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
                 text_heads=2)
   r = clip_pretrain.train(c, str(tmp_path / "clip"))

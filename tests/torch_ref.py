@@ -110,7 +110,7 @@ class Classifier(nn.Module):
 class PretrainUMT(nn.Module):
   """`PretrainVisionTransformer` of modeling_pretrain_umt.py (encoder + clip_decoder)."""
 
-  def __init__(self, dim, depth, heads, hidden, patch, frames, img, clip_dim, k):
+  def __init__(self, dim, depth, heads, hidden, patch, frames, img, clip_dim, k, dec_eps=1e-6):
     super().__init__()
     self.encoder = nn.Module()
     self.encoder.patch_embed = PatchEmbed(dim, patch, 1)
@@ -122,7 +122,7 @@ class PretrainUMT(nn.Module):
     self.clip_decoder = nn.ModuleList()
     for _ in range(k):
       m = nn.Module()
-      m.head, m.norm = nn.Linear(dim, clip_dim), nn.LayerNorm(clip_dim, eps=1e-6)
+      m.head, m.norm = nn.Linear(dim, clip_dim), nn.LayerNorm(clip_dim, eps=dec_eps)
       self.clip_decoder.append(m)
     self.return_index = [depth - i - 1 for i in range(k)]
 
@@ -231,3 +231,134 @@ class CLIP(nn.Module):
       x, _ = blk(x)
     x = self.ln_final(x.permute(1, 0, 2))
     return x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.text_projection
+
+
+# ----------------------------------------------------------------------------- BERT fusion layer (UMT stage 2)
+class BertSelfAttention(nn.Module):
+  """query from `x`; key/value from `kv` (cross-attention, width `kv_dim`) or `x`; additive -10000 mask."""
+
+  def __init__(self, dim, heads, kv_dim):
+    super().__init__()
+    self.heads = heads
+    self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(kv_dim, dim), nn.Linear(kv_dim, dim)
+
+  def forward(self, x, mask, kv=None):  # mask (B, S) {0,1}
+    kv = x if kv is None else kv
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2)
+    q, k, v = split(self.query(x)), split(self.key(kv)), split(self.value(kv))
+    scores = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5) + (1.0 - mask[:, None, None, :].float()) * -10000.0
+    out = scores.softmax(-1) @ v
+    return out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+
+
+class BertDenseNorm(nn.Module):
+  def __init__(self, d_in, dim, eps):
+    super().__init__()
+    self.dense, self.LayerNorm = nn.Linear(d_in, dim), nn.LayerNorm(dim, eps=eps)
+
+  def forward(self, x, residual):
+    return self.LayerNorm(self.dense(x) + residual)
+
+
+class BertAttention(nn.Module):
+  def __init__(self, dim, heads, kv_dim, eps):
+    super().__init__()
+    self.self, self.output = BertSelfAttention(dim, heads, kv_dim), BertDenseNorm(dim, dim, eps)
+
+  def forward(self, x, mask, kv=None):
+    return self.output(self.self(x, mask, kv), x)
+
+
+class BertFusionLayer(nn.Module):
+  """xbert's BertLayer with `layer_num >= fusion_layer` (eval mode): self-attn, cross-attn to vision, FFN."""
+
+  def __init__(self, dim, heads, hidden, encoder_width, eps=1e-12):
+    super().__init__()
+    self.attention = BertAttention(dim, heads, dim, eps)
+    self.crossattention = BertAttention(dim, heads, encoder_width, eps)
+    self.intermediate = nn.Module()
+    self.intermediate.dense = nn.Linear(dim, hidden)
+    self.output = BertDenseNorm(hidden, dim, eps)
+
+  def forward(self, x, mask, vision, vision_mask):
+    x = self.attention(x, mask)
+    x = self.crossattention(x, vision_mask, vision)
+    return self.output(F.gelu(self.intermediate.dense(x)), x)
+
+
+class BertTextLayer(nn.Module):
+  """xbert's BertLayer below `fusion_layer`: self-attention, FFN (post-LN)."""
+
+  def __init__(self, dim, heads, hidden, eps=1e-12):
+    super().__init__()
+    self.attention = BertAttention(dim, heads, dim, eps)
+    self.intermediate = nn.Module()
+    self.intermediate.dense = nn.Linear(dim, hidden)
+    self.output = BertDenseNorm(hidden, dim, eps)
+
+  def forward(self, x, mask):
+    x = self.attention(x, mask)
+    return self.output(F.gelu(self.intermediate.dense(x)), x)
+
+
+class UMTStage2(nn.Module):
+  """multi_modality/models/umt.py (eval mode, no teacher): vision_encoder (encoder, clip_decoder, pool_norm),
+  text_encoder (bert with the position-ids buffer, cls.predictions with the decoder tied to the word
+  embeddings), vision_proj, text_proj, itm_head, temp."""
+
+  def __init__(self, dim, depth, heads, hidden, patch, frames, img, clip_dim, k, vocab, t_dim, t_layers, t_heads,
+               t_hidden, fusion, max_pos, embed):
+    super().__init__()
+    self.vision_encoder = PretrainUMT(dim, depth, heads, hidden, patch, frames, img, clip_dim, k, dec_eps=1e-5)
+    self.vision_encoder.pool_norm = nn.LayerNorm(dim, eps=1e-6)
+    self.frames, self.fusion = frames, fusion
+    self.text_encoder = nn.Module()
+    bert = self.text_encoder.bert = nn.Module()
+    emb = bert.embeddings = nn.Module()
+    emb.word_embeddings, emb.position_embeddings = nn.Embedding(vocab, t_dim), nn.Embedding(max_pos, t_dim)
+    emb.token_type_embeddings, emb.LayerNorm = nn.Embedding(2, t_dim), nn.LayerNorm(t_dim, eps=1e-12)
+    emb.register_buffer("position_ids", torch.arange(max_pos)[None])
+    bert.encoder = nn.Module()
+    bert.encoder.layer = nn.ModuleList([BertTextLayer(t_dim, t_heads, t_hidden) if i < fusion else
+                                        BertFusionLayer(t_dim, t_heads, t_hidden, dim) for i in range(t_layers)])
+    self.text_encoder.cls = nn.Module()
+    pred = self.text_encoder.cls.predictions = nn.Module()
+    pred.transform = nn.Module()
+    pred.transform.dense, pred.transform.LayerNorm = nn.Linear(t_dim, t_dim), nn.LayerNorm(t_dim, eps=1e-12)
+    pred.bias = nn.Parameter(torch.zeros(vocab))
+    pred.decoder = nn.Linear(t_dim, vocab)
+    pred.decoder.weight, pred.decoder.bias = emb.word_embeddings.weight, pred.bias  # tied, as HF ties them
+    self.vision_proj, self.text_proj = nn.Linear(dim, embed), nn.Linear(t_dim, embed)
+    self.itm_head, self.temp = nn.Linear(t_dim, 2), nn.Parameter(torch.tensor(0.07))
+
+  def vision(self, video):  # (B, C, T, H, W) -> (all normed tokens (B, N, D), per-frame embedding (B, T, E))
+    enc = self.vision_encoder.encoder
+    x = enc.patch_embed(video) + self.vision_encoder.pos_embed
+    for blk in enc.blocks:
+      x = blk(x)
+    x = enc.norm(x)
+    b, n, d = x.shape
+    pooled = self.vision_encoder.pool_norm(x.view(b, self.frames, -1, d).mean(2))
+    return x, self.vision_proj(pooled)
+
+  def text(self, ids, mask):  # -> (hidden (B, L, Dt) of the text-only layers, [CLS] embedding (B, E))
+    emb = self.text_encoder.bert.embeddings
+    pos = emb.position_ids[:, :ids.shape[1]]
+    x = emb.LayerNorm(emb.word_embeddings(ids) + emb.position_embeddings(pos) + emb.token_type_embeddings(0 * ids))
+    for layer in self.text_encoder.bert.encoder.layer[:self.fusion]:
+      x = layer(x, mask)
+    return x, self.text_proj(x[:, 0])
+
+  def fuse(self, hidden, mask, tokens):
+    ones = torch.ones(tokens.shape[:2])
+    for layer in self.text_encoder.bert.encoder.layer[self.fusion:]:
+      hidden = layer(hidden, mask, tokens, ones)
+    return hidden
+
+  def itm(self, hidden, mask, tokens):
+    return self.itm_head(self.fuse(hidden, mask, tokens)[:, 0])
+
+  def mlm(self, hidden, mask, tokens):
+    pred = self.text_encoder.cls.predictions
+    t = pred.transform.LayerNorm(F.gelu(pred.transform.dense(self.fuse(hidden, mask, tokens))))
+    return pred.decoder(t)

@@ -1,10 +1,26 @@
 """Real video files for converter tests, made with PyAV (good ones and every kind of broken one)."""
 from __future__ import annotations
 
+import json
 import os
 
 import av
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader
+
+from data import records
+
+
+def read_records(out: str, split: str) -> tuple[dict, list[dict]]:
+  """A converted folder's metadata and the unpacked records of one split, in shard order."""
+  with open(os.path.join(out, "metadata.json")) as f:
+    meta = json.load(f)
+  recs = []
+  for shard in meta["splits"][split]["shards"]:
+    r = ArrayRecordReader(os.path.join(out, shard))
+    recs += [records.unpack(b) for b in r.read_all()]
+    r.close()
+  return meta, recs
 
 
 def write_video(path: str, frames: int = 24, size: tuple[int, int] = (48, 64), fps: int = 12,

@@ -11,7 +11,7 @@ from umt_jax import input_pipeline as ip
 from umt_jax import sharding
 from umt_jax.models import vit
 
-TRAINERS = ("clip", "umt", "finetune")
+TRAINERS = ("clip", "umt", "umt_stage2", "finetune")
 
 
 def base(trainer: str) -> ml_collections.ConfigDict:
@@ -28,6 +28,7 @@ def base(trainer: str) -> ml_collections.ConfigDict:
   c.eval_every = 0  # 0: evaluate only at the end
   c.peak_flops = 0.0  # per device, for MFU; 0: from the device table in umt_jax.metrics
   c.distributed = False  # force jax.distributed.initialize (SLURM / TPU pods are detected anyway)
+  c.mode = "train"  # or "eval": evaluate `init_from` weights without training (fine-tuning, stage 2)
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.rules = [list(r) for r in sharding.DEFAULT_RULES]
@@ -50,14 +51,32 @@ def base(trainer: str) -> ml_collections.ConfigDict:
     c.clip = ml_collections.ConfigDict(dict(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
                                             vision_heads=12, context_length=77, text_width=512, text_layers=12,
                                             text_heads=8))
-  if trainer == "umt":
+  if trainer in ("umt", "umt_stage2"):
     # path: a params file from umt-import-clip (or the demo's stage 0); align_layers: K last teacher blocks.
     # arch / image_size: the CLIP_PRESETS architecture the mesh planner and benchmarks build (no weights needed).
     c.teacher = ml_collections.ConfigDict(dict(path="", align_layers=6, mask_ratio=0.8, dtype="float32",
                                                arch="ViT-B/16", image_size=0))
+  if trainer == "umt_stage2":
+    c.teacher.image_mask_ratio = 0.5  # mask_ratio is the video one
+    # Video-text sources: data.path (comma-separated folders, split data.split); image-text: data.image_path.
+    # Retrieval evaluation: data.eval_path / data.eval_split (several captions per clip), 'middle' frames.
+    c.data.update(image_path="", image_split="train", eval_path="", image_size=0)
+    # The BERT: `preset` sizes (umt_jax.models.bert.BERT_PRESETS) with overrides > 0; `init`: a params file from
+    # umt-import-bert ('' = random init); `vocab`: the WordPiece vocab.txt.
+    c.text = ml_collections.ConfigDict(dict(preset="bert-base", hidden_size=0, num_layers=0, num_heads=0,
+                                            intermediate_size=0, fusion_layer=0, init="", vocab="", max_length=32,
+                                            dropout=0.1))
+    # rerank_k: ITM re-ranking of each query's top-k VTC candidates in the retrieval evaluation (0: VTC row only)
+    c.stage2 = ml_collections.ConfigDict(dict(embed_dim=512, temp=0.07, mlm_prob=0.5, rerank_k=128))
+    c.loss_weights = ml_collections.ConfigDict(dict(uta=1.0, vtc=1.0, vtm=1.0, mlm=1.0))
+    # workdir: a stage-1 workdir (encoder + decoders); params: a umt_stage2 params file (a trained or imported
+    # official stage-2 model: retrieval fine-tuning and evaluation start from it).
+    c.init_from = ml_collections.ConfigDict({"workdir": "", "params": ""})
   if trainer == "finetune":
     c.model.update(num_classes=0, fc_drop=0.0)  # 0 classes: from the dataset's label names
-    c.init_from = ml_collections.ConfigDict({"workdir": ""})  # a stage-1 workdir ('' = random init)
+    # workdir: a stage-1 workdir; params: a params file (umt-import-umt or a trainer's params.npz); '' = random.
+    # label_map: with a classifier `params` file, new class i takes head row map[i] (a JSON list or one index a line).
+    c.init_from = ml_collections.ConfigDict({"workdir": "", "params": "", "label_map": ""})
     c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
                                              label_smoothing=0.1))
   return c

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+import zlib
 from typing import Any, Mapping, Sequence
 
 import grain
@@ -31,7 +32,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ClipSpec:
   """How clips are sampled and augmented."""
   num_frames: int = 8
-  sampling: str = "segment"  # 'segment' (UMT pretraining), 'sparse' (fine-tuning), 'dense' (VideoMAE)
+  sampling: str = "segment"  # 'segment' (UMT pretraining), 'sparse' (fine-tuning), 'dense' (VideoMAE),
+  # 'middle' (stage-2 retrieval test: fixed middle frames)
   stride: int = 4  # dense sampling only
   size: int = 224
   crop: str = "multiscale"  # 'multiscale' (UMT pretraining), 'rrc' (fine-tuning), 'center'
@@ -42,7 +44,7 @@ class ClipSpec:
   test_crops: int = 1
 
   def __post_init__(self):
-    for name, value, allowed in (("sampling", self.sampling, ("segment", "sparse", "dense")),
+    for name, value, allowed in (("sampling", self.sampling, ("segment", "sparse", "dense", "middle")),
                                  ("crop", self.crop, ("multiscale", "rrc", "center"))):
       if value not in allowed:
         raise ValueError(f"ClipSpec.{name}={value!r}; expected one of {allowed}")
@@ -59,6 +61,8 @@ def _decode(frames: Sequence[bytes], idx: np.ndarray, min_short_side: int) -> np
 
 
 def _indices(spec: ClipSpec, n: int, rng: np.random.Generator | None, clip_idx: int = -1) -> np.ndarray:
+  if spec.sampling == "middle":
+    return vt.middle_indices(n, spec.num_frames)
   if spec.sampling == "segment":
     if clip_idx != -1:  # test-time for segment sampling: the fine-tuning views
       return vt.sparse_indices(n, spec.num_frames, None, clip_idx, spec.test_clips)
@@ -94,7 +98,14 @@ class TrainClip(grain.transforms.RandomMap):
     if spec.captions:
       caps = rec["captions"] or [""]
       out["caption"] = caps[int(rng.integers(len(caps)))]
+      out["idx"] = media_index(rec["id"])
     return out
+
+
+def media_index(source_id: str) -> np.int32:
+  """A stable int32 per source video / image (crc32 of its id): clips that share it are positives of each
+  other in the contrastive loss (several captions of one video), as the official `idx`."""
+  return np.int32(zlib.crc32(source_id.encode()) & 0x7FFFFFFF)
 
 
 class EvalClips(grain.transforms.Map):
@@ -194,6 +205,49 @@ def train_dataset(sources: Sequence[Source], global_batch: int, seed: int, proce
     ds = ds.map(transform)
   local = global_batch // pc
   return _ProcessRows(ds, pi, pc, local).batch(local, drop_remainder=True)
+
+
+class _Interleave(grain.MapDataset):
+  """Batched datasets, one per media type -> element i is a whole batch of one of them. Each round of
+  sum(counts) batches takes counts[m] batches of part m, in an order shuffled by (seed, round): the official
+  MetaLoader's interleaving, identical on every process, and resumable (random access by index)."""
+
+  def __init__(self, parts: Sequence[grain.MapDataset], counts: Sequence[int], seed: int):
+    super().__init__(list(parts))
+    if not counts or min(counts) < 1:
+      raise ValueError(f"every media type needs at least one batch per round, got {list(counts)}")
+    self._counts, self._seed, self._cache = np.asarray(counts), seed, (-1, None)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _order(self, r: int) -> np.ndarray:
+    if self._cache[0] != r:
+      order = np.repeat(np.arange(len(self._counts)), self._counts)
+      self._cache = (r, np.random.default_rng([self._seed, r]).permutation(order))
+    return self._cache[1]
+
+  def media_of(self, index: int) -> int:
+    r, pos = divmod(int(index), int(self._counts.sum()))
+    return int(self._order(r)[pos])
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    r, pos = divmod(int(index), int(self._counts.sum()))
+    order = self._order(r)
+    m = int(order[pos])
+    return self._parents[m][r * int(self._counts[m]) + int(np.sum(order[:pos] == m))]
+
+  def __str__(self) -> str:
+    return f"_Interleave(counts={self._counts.tolist()})"
+
+
+def interleave_media(parts: Sequence[grain.MapDataset], counts: Sequence[int], seed: int) -> grain.MapDataset:
+  """Batched training datasets (e.g. video-text and image-text, from `train_dataset`) -> one dataset whose
+  every batch holds a single media type; `counts` batches of each per round (the official: one epoch of each
+  loader), in a seeded random order."""
+  return _Interleave(parts, counts, seed)
 
 
 def eval_dataset(source: Source, global_batch: int, process_index: int | None = None,

@@ -26,13 +26,12 @@ def peak_flops(device: jax.Device) -> float | None:
 class Writer:
   """Scalars to console, TensorBoard and metrics.jsonl."""
 
-  def __init__(self, workdir: str, total_steps: int, clips_per_step: int, flops_per_step: float | None = None,
-               name: str = "train", peak: float | None = None):
+  def __init__(self, workdir: str, total_steps: int, clips_per_step: int, name: str = "train",
+               peak: float | None = None):
     self.active = jax.process_index() == 0
     self.total, self.clips, self.name = total_steps, clips_per_step, name
-    self.flops_per_device = flops_per_step / jax.device_count() if flops_per_step else None
     self.peak = peak or peak_flops(jax.devices()[0])
-    self._t, self._step, self._tb, self._wait = None, None, None, 0.0
+    self._t, self._step, self._tb, self._wait, self._flops = None, None, None, 0.0, 0.0
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       from tensorboardX import SummaryWriter
@@ -40,7 +39,11 @@ class Writer:
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
   def start(self, step: int) -> None:
-    self._t, self._step, self._wait = time.perf_counter(), step, 0.0
+    self._t, self._step, self._wait, self._flops = time.perf_counter(), step, 0.0, 0.0
+
+  def count_flops(self, flops_per_step: float | None) -> None:
+    """Adds one step's FLOPs (all devices); steps of different shapes (video / image) may differ."""
+    self._flops += flops_per_step or 0.0
 
   def data_wait(self, seconds: float) -> None:
     """Adds time the loop spent blocked on the input pipeline."""
@@ -54,12 +57,13 @@ class Writer:
       dt = (now - self._t) / (step - self._step)
       out["clips_per_s"] = self.clips / dt
       out["step_s"], out["data_wait_s"] = dt, self._wait / (step - self._step)
-      if self.flops_per_device:
-        out["tflops_per_device"] = self.flops_per_device / dt / 1e12
+      if self._flops:
+        per_device = self._flops / jax.device_count() / (now - self._t)
+        out["tflops_per_device"] = per_device / 1e12
         if self.peak:
-          out["mfu"] = self.flops_per_device / dt / self.peak
+          out["mfu"] = per_device / self.peak
       eta = dt * (self.total - step)
-      self._t, self._step, self._wait = now, step, 0.0
+      self._t, self._step, self._wait, self._flops = now, step, 0.0, 0.0
     else:
       eta = None
     if self.active:

@@ -31,10 +31,19 @@ def path_name(path) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
+# Leaves that are 1-D in the torch layout even where Flax splits heads ((H, Dh) q_bias, query/bias, ...).
+_TORCH_1D = ("bias", "q_bias", "v_bias", "in_proj_bias", "scale")
+
+
 def decay_mask(params: Any) -> Any:
-  """True where weight decay applies: params with ndim >= 2 that are not position tables or embeddings."""
-  return jax.tree_util.tree_map_with_path(
-      lambda p, x: x.ndim >= 2 and not any(n in path_name(p) for n in NO_DECAY_NAMES), params)
+  """True where weight decay applies, as the official `len(param.shape) == 1 or name.endswith('.bias')` rule
+  reads it on the torch layout: not biases, norms or other 1-D params (0-d ones such as stage 2's `temp` are
+  decayed), and not the position tables / tokens in `NO_DECAY_NAMES`."""
+  def decays(path, x) -> bool:
+    name = path_name(path)
+    return (x.ndim != 1 and name.rsplit("/", 1)[-1] not in _TORCH_1D
+            and not any(n in name for n in NO_DECAY_NAMES))
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def layer_id(path: str, depth: int) -> int:

@@ -39,19 +39,22 @@ class Task:
   `extra` is a pytree of frozen arrays (e.g. the teacher's params) passed to every step, placed with
   `extra_shardings`. `load_init(abstract_params, shardings)`, if given, returns params that replace the random
   init of a fresh run (a previous stage's weights). `evaluate(params, step)` -> {name: value}.
-  `flops_per_step`: the analytic count (umt_jax.flops) that TFLOP/s and MFU use; 0 falls back to XLA's.
+  `flops_per_step`: the analytic count (umt_jax.flops) that TFLOP/s and MFU use; 0 falls back to XLA's. A
+  task whose batches come in several shapes (stage 2: video and image steps) gives a function of the batch
+  shapes {name: (shape, dtype)} instead; the loop compiles one step per shape and all share the state.
   A task without data still compiles (`build_step`): the mesh planner and the benchmarks use that.
   """
   init: Callable[[jax.Array], Any]
   loss: Callable[..., tuple[jax.Array, dict]]
   train_data: grain.MapDataset | None = None
   clips_per_epoch: int = 0
-  flops_per_step: float = 0.0
+  flops_per_step: float | Callable[[dict], float] = 0.0
   extra: Any = None
   extra_shardings: Any = None
   depth: int = 0  # for layer-wise lr decay
   load_init: Callable[[Any, Any], Any] | None = None
   evaluate: Callable[[Any, int], dict] | None = None
+  project: Callable[[Any], Any] | None = None  # applied to the params after every update (e.g. clamp stage 2's temp)
 
 
 @dataclasses.dataclass
@@ -138,6 +141,8 @@ def build_step(config: ml_collections.ConfigDict, task: Task, steps: int, per_ep
       (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state["params"], batch, rng, extra)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
+    if task.project is not None:
+      params = task.project(params)
     out = {"loss": loss, "lr": sched(state["step"]), "grad_norm": optax.tree.norm(grads), **aux}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, out
 
@@ -167,14 +172,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
       params = ts.init_params(jax.random.key(config.seed))
     state = ts.init_state(params)
 
-  first = ip.to_global(next(data_iter), mesh)
-  batch_shapes = {k: (v.shape, v.dtype) for k, v in first.items() if isinstance(v, jax.Array)}
-  compiled = ts.lower(batch_shapes, task.extra)
-  flops = report_compiled(compiled, config.batch_size, task.flops_per_step)
-  writer = metrics.Writer(workdir, steps, config.batch_size, flops, name=config.get("name", "train"),
+  steps_by_shape: dict[tuple, tuple[Any, float | None]] = {}  # batch signature -> (compiled step, FLOPs)
+
+  def compiled_for(batch: dict) -> tuple[Any, dict, float | None]:
+    """The step compiled for this batch's shapes (AOT, memory + FLOPs printed the first time) -> (step, its
+    array inputs, FLOPs per step)."""
+    arrays = {k: v for k, v in batch.items() if isinstance(v, jax.Array)}
+    sig = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in arrays.items()))
+    if sig not in steps_by_shape:
+      shapes = {k: (v.shape, v.dtype) for k, v in arrays.items()}
+      fn = ts.lower(shapes, task.extra)
+      model_flops = task.flops_per_step(shapes) if callable(task.flops_per_step) else task.flops_per_step
+      steps_by_shape[sig] = (fn, report_compiled(fn, config.batch_size, model_flops))
+    fn, step_flops = steps_by_shape[sig]
+    return fn, arrays, step_flops
+
+  batch = ip.to_global(next(data_iter), mesh)
+  compiled_for(batch)
+  writer = metrics.Writer(workdir, steps, config.batch_size, name=config.get("name", "train"),
                           peak=config.get("peak_flops", 0.0) or None)
 
-  preempt, history, pending, batch = _Preemption(), [], None, first
+  preempt, history, pending = _Preemption(), [], None
   result = Result(start, None, history)
   writer.start(start)
   try:
@@ -183,7 +201,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
         t = time.perf_counter()
         batch = ip.to_global(next(data_iter), mesh)
         writer.data_wait(time.perf_counter() - t)
-      state, out = compiled(state, {k: batch[k] for k in batch_shapes}, task.extra)
+      fn, arrays, step_flops = compiled_for(batch)
+      state, out = fn(state, arrays, task.extra)
+      writer.count_flops(step_flops)
       batch = None
       if pending is not None:  # check the previous step's loss while this one runs (keeps dispatch async)
         _check_finite(*pending)

@@ -20,6 +20,13 @@ def segment_indices(n: int, num_segments: int, rng: np.random.Generator) -> np.n
   return np.zeros(num_segments, np.int64)
 
 
+def middle_indices(n: int, num_frames: int) -> np.ndarray:
+  """Stage-2 test sampling (`video_utils.get_frame_indices`, 'middle'): the middle frame of each of `num_frames`
+  equal segments (segment bounds `linspace(0, n, T+1)` cast to int)."""
+  bounds = np.linspace(0, n, num_frames + 1).astype(np.int64)
+  return (bounds[:-1] + bounds[1:] - 1) // 2
+
+
 def sparse_indices(n: int, num_frames: int, rng: np.random.Generator | None = None, clip_idx: int = -1,
                    num_clips: int = 1) -> np.ndarray:
   """Fine-tuning (`kinetics_sparse.py::_get_seq_frames`): train (clip_idx -1) draws a random frame in each of

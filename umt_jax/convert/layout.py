@@ -1,9 +1,10 @@
 """The one table between Flax param trees and PyTorch state_dict keys.
 
-Names: path segments join with '.', `blocks_3` -> `blocks.3` (also `resblocks_`, `clip_decoder_`), and leaf
-`kernel`/`scale`/`embedding` -> `weight`. Tensors: Dense kernels (in..., out...) become torch [out, in]
-(attention kernels fold their head axes), patch-embedding kernels (kt, p, p, C, D) become Conv [D, C, kt, p, p],
-split head biases flatten. Everything else is copied as is.
+Names: path segments join with '.', `blocks_3` -> `blocks.3` (also `resblocks_`, `clip_decoder_`, BERT's
+`layer_`), and leaf `kernel`/`scale`/`embedding` -> `weight`. Tensors: Dense kernels (in..., out...) become torch
+[out, in] (attention kernels fold their head axes: q/k/v (D, H, Dh) -> [H·Dh, D], outputs (H, Dh, D) -> [D, H·Dh]),
+patch-embedding kernels (kt, p, p, C, D) become Conv [D, C, kt, p, p], split head biases flatten. Everything else
+is copied as is.
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import Any, Mapping
 import flax
 import numpy as np
 
-_LIST = re.compile(r"^(blocks|resblocks|clip_decoder)_(\d+)$")
+_LIST = re.compile(r"^(blocks|resblocks|clip_decoder|layer)_(\d+)$")
 _LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 _CONV = re.compile(r"(^|\.)(patch_embed\.proj|conv1)\.weight$")
 _LINEAR = re.compile(r"(\.weight|in_proj_weight)$")
-_ATTN_OUT = re.compile(r"attn\.(proj|out_proj)\.weight$")
+_ATTN_OUT = re.compile(r"(attn\.(proj|out_proj)|attention\.output\.dense)\.weight$")  # also crossattention
+_HEAD_BIAS = re.compile(r"(q_bias|v_bias|in_proj_bias|\.(query|key|value)\.bias)$")
 
 
 def torch_name(path: tuple[str, ...]) -> str:
@@ -44,7 +46,7 @@ def to_torch_array(name: str, flax_leaf: str, x: np.ndarray) -> np.ndarray:
   if kind == "linear":
     n_in = 2 if _ATTN_OUT.search(name) else 1
     return np.ascontiguousarray(x.reshape(int(np.prod(x.shape[:n_in])), -1).T)
-  if name.endswith(("q_bias", "v_bias", "in_proj_bias")):
+  if _HEAD_BIAS.search(name):
     return x.reshape(-1)
   return x
 

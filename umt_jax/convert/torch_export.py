@@ -4,6 +4,9 @@ Layouts:
   classifier    the fine-tune `VisionTransformer` (patch_embed, blocks, fc_norm, head; `pos_embed` [1, N, D]
                 only where the official model has one, i.e. when N differs from the 8×P×P reference grid)
   umt_pretrain  the stage-1 checkpoint (`encoder.*`, `clip_decoder.N.*`)
+  umt_stage2    the stage-2 video-language model (`vision_encoder.*`, `text_encoder.bert.*` with the int64
+                `embeddings.position_ids` buffer, `text_encoder.cls.*` with the tied decoder written out,
+                `vision_proj`, `text_proj`, `itm_head`, `temp`); no `clip_teacher.*`
   videomae_pretrain  VideoMAE V2 pretraining (`encoder.*`, `encoder_to_decoder`, `mask_token`, `decoder.*`)
 
 CLI:
@@ -24,7 +27,7 @@ from umt_jax.convert import layout
 from umt_jax.models.posemb import video_pos_table
 from umt_jax.models.vit import ref_grid
 
-KINDS = ("classifier", "umt_pretrain", "videomae_pretrain")
+KINDS = ("classifier", "umt_pretrain", "umt_stage2", "videomae_pretrain")
 
 
 def classifier_state_dict(params: Mapping[str, Any], encoder: Mapping[str, Any], num_frames: int,
@@ -38,12 +41,25 @@ def classifier_state_dict(params: Mapping[str, Any], encoder: Mapping[str, Any],
                      f"tubelets {tubelet}")
   grid = (num_frames // tubelet, img_size // patch, img_size // patch)
   ref = ref_grid(patch)
-  if int(np.prod(grid)) != int(np.prod(ref)):
+  if int(np.prod(grid)) != int(np.prod(ref)) and "pos_embed" not in sd:  # a kept (learned) table wins
     sd["pos_embed"] = video_pos_table(grid, dim, ref)[None]
   return sd
 
 
+def stage2_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """UMTStage2 params -> the official stage-2 state_dict (strict=True): the layout table plus what the torch
+  module holds besides params, the position-ids buffer and the MLM decoder tied to the word embeddings."""
+  sd = layout.to_state_dict(params)
+  bert, mlm = "text_encoder.bert.embeddings.", "text_encoder.cls.predictions."
+  sd[bert + "position_ids"] = np.arange(sd[bert + "position_embeddings.weight"].shape[0], dtype=np.int64)[None]
+  sd[mlm + "decoder.weight"] = sd[bert + "word_embeddings.weight"]
+  sd[mlm + "decoder.bias"] = sd[mlm + "bias"]
+  return sd
+
+
 def state_dict_for(kind: str, params: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  if kind == "umt_stage2":
+    return stage2_state_dict(params)
   if kind == "classifier":
     return classifier_state_dict(params, meta["encoder"], meta["num_frames"], meta["img_size"])
   if kind in ("umt_pretrain", "videomae_pretrain"):
@@ -52,14 +68,17 @@ def state_dict_for(kind: str, params: Mapping[str, Any], meta: Mapping[str, Any]
 
 
 def write_state_dict(sd: Mapping[str, np.ndarray], path: str) -> None:
-  """Writes .safetensors (no torch needed) or .pth (torch.save of a plain state_dict); atomic via rename."""
+  """Writes .safetensors (no torch needed) or .pth (torch.save of a plain state_dict); atomic via rename.
+  Floats are written as fp32, integer buffers (position ids) keep their dtype."""
   tmp = f"{path}.tmp-{os.getpid()}"
+  arrays = {k: np.ascontiguousarray(v, v.dtype if np.issubdtype(v.dtype, np.integer) else np.float32)
+            for k, v in sd.items()}
   if path.endswith(".safetensors"):
     from safetensors.numpy import save_file
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}, tmp)
+    save_file(arrays, tmp)
   elif path.endswith((".pth", ".pt", ".bin")):
     import torch
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in sd.items()}, tmp)
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp)
   else:
     raise ValueError(f"output {path!r} must end in .safetensors or .pth")
   os.replace(tmp, path)

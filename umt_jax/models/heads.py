@@ -28,30 +28,48 @@ def l2_normalize(x: jax.Array, eps: float = 0.0) -> jax.Array:
 
 
 class UMTPretrain(nn.Module):
-  """UMT stage 1: student encoder on visible tokens + K alignment decoders.
+  """UMT student encoder + K alignment decoders; stage 2's vision tower (`vision_encoder`) adds `pool_norm`.
 
-  __call__(video (B,T,H,W,3), visible_idx (B, Nv), deterministic) -> (K, B, Nv, C_clip), L2-normalised.
-  Decoder k aligns the output of student block depth-K+k (shared final norm, plus the sin-cos table at
-  encoder width at the visible positions) via Linear → LayerNorm → L2 normalise.
+  __call__(video (B,T,H,W,3), visible_idx (B, Nv) or None (all tokens), deterministic) -> (K, B, Nv, C_clip),
+  L2-normalised. Decoder k aligns the output of student block depth-K+k (shared final norm, plus the sin-cos
+  table at encoder width at the visible positions) via Linear → LayerNorm → L2 normalise.
+  With `return_tokens`: -> (aligned or None when `align` is off, tokens (B, Nv, D) = normed last block,
+  pooled (B, T', D)): `pool_norm` of the token mean, T' = 1 on a masked clip, per frame (T' = T) on a full one
+  (what the official stage-2 model returns for VTC).
   """
   encoder: dict  # VisionTransformer kwargs (use_norm is forced on)
   clip_dim: int = 512
   num_align_layers: int = 6
   decoder_norm_eps: float = 1e-6  # stage 2 decoders use 1e-5
+  pool_norm: bool = False  # stage 2
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, video: jax.Array, visible_idx: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, video: jax.Array, visible_idx: jax.Array | None, deterministic: bool = True,
+               align: bool = True, return_tokens: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     enc = VisionTransformer(**{**self.encoder, "use_norm": True}, name="encoder", **kw)
     depth = enc.depth
-    return_layers = tuple(range(depth - self.num_align_layers, depth))
-    _, feats = enc(video, visible_idx, return_layers, deterministic)
-    pos = jnp.asarray(video_pos_table(enc.token_grid(video.shape), enc.embed_dim), self.dtype)
-    feats = feats + gather_tokens(jnp.broadcast_to(pos, (video.shape[0],) + pos.shape), visible_idx)[None]
-    return jnp.stack([AlignDecoder(self.clip_dim, self.decoder_norm_eps, name=f"clip_decoder_{k}", **kw)(feats[k])
-                      for k in range(self.num_align_layers)])
+    align = align and self.num_align_layers > 0  # downstream stage-2 models keep no decoders
+    return_layers = tuple(range(depth - self.num_align_layers, depth)) if align else ()
+    x, feats = enc(video, visible_idx, return_layers, deterministic)
+    aligned = None
+    if align:
+      pos = jnp.asarray(video_pos_table(enc.token_grid(video.shape), enc.embed_dim), self.dtype)
+      pos = jnp.broadcast_to(pos, (video.shape[0],) + pos.shape)
+      feats = feats + (pos if visible_idx is None else gather_tokens(pos, visible_idx))[None]
+      aligned = jnp.stack([AlignDecoder(self.clip_dim, self.decoder_norm_eps, name=f"clip_decoder_{k}", **kw)(
+          feats[k]) for k in range(self.num_align_layers)])
+    if not return_tokens:
+      return aligned
+    b, t = video.shape[0], enc.token_grid(video.shape)[0]
+    per_frame = x if visible_idx is not None else x.reshape(b, t, -1, x.shape[-1])
+    pooled = per_frame.astype(jnp.float32).mean(axis=-2)
+    pooled = pooled[:, None] if visible_idx is not None else pooled
+    if self.pool_norm:
+      pooled = layers.LayerNorm(1e-6, name="pool_norm", **kw)(pooled)
+    return aligned, x, pooled
 
 
 class AlignDecoder(nn.Module):

@@ -3,7 +3,8 @@
 Every param is created through `param_with_axes`, so `nn.get_partition_spec` sees logical names
 (embed, mlp, heads, kv, ...) that the config's rules map onto the mesh. Attention is written with
 einsum + `jax.nn.dot_product_attention` (cuDNN flash attention on GPU); flax's DenseGeneral / MHA are
-avoided because they break when a mesh and logical rules are both active.
+avoided because they break when a mesh and logical rules are both active. `Embed` and `QKVAttention`
+(separate query/key/value, self- or cross-attention, attention-prob dropout) serve the BERT text encoder.
 """
 from __future__ import annotations
 
@@ -201,3 +202,83 @@ class Attention(nn.Module):
     if bias is not None:
       logits = logits + jnp.broadcast_to(bias, (x.shape[0], h, x.shape[1], x.shape[1]))[:, :, 0]
     return y, jax.nn.softmax(logits, axis=-1).mean(axis=1)
+
+
+class Embed(nn.Module):
+  """Lookup table `embedding` (num, features) with logical axes; `attend` is the tied output projection.
+
+  ids (...) int -> (..., features) in `dtype`; attend(x (..., features)) -> (..., num) fp32.
+  """
+  num_embeddings: int
+  features: int
+  axes: tuple[str | None, str | None] = ("vocab", "embed")
+  embedding_init: Initializer = nn.initializers.normal(0.02)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = param_with_axes(self, "embedding", self.embedding_init, (self.num_embeddings, self.features),
+                                     self.axes, self.param_dtype)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
+                        dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                        deterministic: bool = True, attn_impl: str | None = None) -> jax.Array:
+  """q (B, L, H, Dh), k/v (B, S, H, Dh), mask bool broadcastable to (B, H, L, S) -> (B, L, H, Dh).
+
+  With dropout on the attention probabilities (training, rate > 0) the softmax is written out, since
+  `jax.nn.dot_product_attention` has no dropout; logits and softmax are fp32 either way.
+  """
+  dh = q.shape[-1]
+  if deterministic or dropout_rate == 0.0:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=dh ** -0.5,
+                                        implementation=attention_impl(attn_impl, q.dtype, dh))
+  logits = jnp.einsum("blhd,bshd->bhls", q, k, preferred_element_type=jnp.float32) * dh ** -0.5
+  if mask is not None:  # the value jax.nn.dot_product_attention uses: fully masked rows become uniform
+    logits = jnp.where(mask, logits, -0.7 * float(jnp.finfo(jnp.float32).max))
+  probs = jax.nn.softmax(logits, axis=-1)
+  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+  probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum("bhls,bshd->blhd", probs.astype(v.dtype), v)
+
+
+class QKVAttention(nn.Module):
+  """Attention with separate `query`, `key`, `value` projections (the BERT layout), self- or cross-attention.
+
+  x (B, L, Dq), kv (B, S, Dkv) or None (self-attention), mask bool broadcastable to (B, H, L, S)
+  -> per-head context (B, L, H, Dh); the output projection is the caller's (BERT keeps it in a sibling module).
+  Kernels (Din, H, Dh) with axes ('embed', 'heads', 'kv'), biases (H, Dh).
+  """
+  num_heads: int
+  features: int  # H · Dh
+  dropout_rate: float = 0.0  # on the attention probabilities
+  kernel_init: Initializer | None = None
+  attn_impl: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, kv: jax.Array | None = None, mask: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    h = self.num_heads
+    dh = self.features // h
+    if dh * h != self.features:
+      raise ValueError(f"width {self.features} is not divisible by num_heads {h}")
+    kv = x if kv is None else kv
+    kw = dict(axes=("embed", "heads", "kv"), kernel_init=self.kernel_init, dtype=self.dtype,
+              param_dtype=self.param_dtype)
+    axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+    q = constrain(Dense((h, dh), name="query", **kw)(x), axes)
+    k = constrain(Dense((h, dh), name="key", **kw)(kv), axes)
+    v = constrain(Dense((h, dh), name="value", **kw)(kv), axes)
+    train = not deterministic and self.dropout_rate > 0.0
+    return multihead_attention(q, k, v, mask, dropout_rate=self.dropout_rate,
+                               dropout_rng=self.make_rng("dropout") if train else None,
+                               deterministic=deterministic, attn_impl=self.attn_impl)

@@ -1,7 +1,8 @@
 """The video ViT student (UMT / VideoMAE encoder), param names mirroring the official state_dict.
 
 Flax tree (torch name in brackets): patch_embed/proj [patch_embed.proj], blocks_i [blocks.i] with norm1,
-attn (qkv, q_bias, v_bias, proj), norm2, mlp (fc1, fc2), and `norm` [norm] when `use_norm`.
+attn (qkv, q_bias, v_bias, proj), norm2, mlp (fc1, fc2), `norm` [norm] when `use_norm`, and `pos_embed`
+[pos_embed] when `pos_param`.
 Tokens are ordered t-major, index = t·h·w + y·w + x, as the official Conv3d + flatten produces them.
 """
 from __future__ import annotations
@@ -128,6 +129,7 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   use_norm: bool = False
   pos_ref_grid: tuple[int, int, int] | None = None  # None: plain table; else resized from this grid
+  pos_param: bool = False  # carry the table as a (1, N, D) `pos_embed` param (an imported table that differs)
   linear_init: str = "xavier"  # 'xavier' (pretraining) or 'trunc_normal' (fine-tuning)
   remat_policy: str = "none"
   attn_impl: str | None = None
@@ -146,7 +148,11 @@ class VisionTransformer(nn.Module):
                return_layers: Sequence[int] = (), deterministic: bool = True):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = PatchEmbed(self.embed_dim, self.patch_size, self.tubelet_size, name="patch_embed", **kw)(video)
-    x = x + jnp.asarray(self.pos_table(video.shape), self.dtype)[None]
+    table = jnp.asarray(self.pos_table(video.shape))[None]
+    if self.pos_param:  # initialised to the computed table; detached, as the official forward does
+      table = jax.lax.stop_gradient(layers.param_with_axes(
+          self, "pos_embed", lambda *_: table, table.shape, (None, None, "embed"), self.param_dtype))
+    x = x + table.astype(self.dtype)
     if visible_idx is not None:
       x = gather_tokens(x, visible_idx)
     x = layers.constrain(x)

@@ -4,29 +4,45 @@ Recipe pieces from the official fine-tuning: layer-wise lr decay (patch_embed ->
 depth+1), no weight decay on 1-D params and position tables, drop path, Mixup/CutMix with label smoothing and a
 soft-target cross entropy, and evaluation that averages softmax over clips × crops, reporting top-1/top-5 (and
 top-1 per temporal / appearance class group when the data marks them).
+
+Init: `init_from.workdir` (a stage-1 workdir: its encoder) or `init_from.params` (a params file: a classifier
+gives everything when its class count matches, or when `init_from.label_map` picks its head rows, else all but
+the head; a umt_pretrain / umt_stage2 file gives its encoder). `mode=eval`: only the multi-view test of the init
+params, written to `<workdir>/eval.json`.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+import sys
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from umt_jax import checkpoint, config_lib, evaluation, flops, input_pipeline as ip, mixup
+from umt_jax import checkpoint, config_lib, evaluation, flops, input_pipeline as ip, mixup, params_io, sharding
 from umt_jax.models.heads import VideoClassifier
-from umt_jax.train_loop import Task, run_and_save, setup_mesh
+from umt_jax.train_loop import Result, Task, run_and_save, setup_mesh
+
+# Where each params-file kind keeps the encoder.
+ENCODER_AT = {"classifier": ("encoder",), "umt_pretrain": ("encoder",), "umt_stage2": ("vision_encoder", "encoder")}
 
 
-def build(config: ml_collections.ConfigDict, num_classes: int) -> VideoClassifier:
-  return VideoClassifier(encoder=config_lib.student_kwargs(config.model), num_classes=num_classes,
+def build(config: ml_collections.ConfigDict, num_classes: int, pos_param: bool = False) -> VideoClassifier:
+  """pos_param: the encoder carries an imported position table (`encoder/pos_embed`) instead of computing it."""
+  enc = config_lib.student_kwargs(config.model)
+  return VideoClassifier(encoder={**enc, "pos_param": True} if pos_param else enc, num_classes=num_classes,
                          fc_drop_rate=config.model.fc_drop, dtype=jnp.dtype(config.model.dtype))
 
 
-def model_task(config: ml_collections.ConfigDict, num_classes: int) -> Task:
+def model_task(config: ml_collections.ConfigDict, num_classes: int, pos_param: bool = False) -> Task:
   """The stage without data: init, the Mixup/CutMix soft-target loss, depth for layer decay, analytic FLOPs."""
-  model = build(config, num_classes)
+  model = build(config, num_classes, pos_param)
   dtype, m = jnp.dtype(config.model.dtype), config.mixup
   s = config.data.size
   init = lambda rng: model.init({"params": rng}, jnp.zeros((1, config.data.num_frames, s, s, 3)))["params"]
@@ -44,22 +60,119 @@ def model_task(config: ml_collections.ConfigDict, num_classes: int) -> Task:
   return Task(init=init, loss=loss, flops_per_step=step_flops, depth=enc.get("depth", 12))
 
 
+def read_label_map(path: str, num_classes: int, old_classes: int) -> np.ndarray:
+  """init_from.label_map -> (num_classes,) old head rows: a JSON list (VideoMAE V2's label_710to400.json) or one
+  index a line (blank lines skipped; a UTF-8 BOM and CRLF line ends are fine)."""
+  with open(path, encoding="utf-8-sig") as f:
+    text = f.read()
+  if text.lstrip().startswith("["):
+    try:
+      items = [(f"entry {i}", v) for i, v in enumerate(json.loads(text))]
+    except json.JSONDecodeError as e:
+      raise ValueError(f"init_from.label_map={path!r} is not a JSON list: {e}") from None
+  else:
+    items = [(f"line {i}", v.strip()) for i, v in enumerate(text.splitlines(), 1) if v.strip()]
+  rows = []
+  for where, v in items:
+    try:
+      row = int(v)
+    except (TypeError, ValueError):
+      row = -1
+    if not 0 <= row < old_classes or isinstance(v, (bool, float)):
+      raise ValueError(f"init_from.label_map={path!r} {where}: {v!r} is not a head row in [0, {old_classes})")
+    rows.append(row)
+  if len(rows) != num_classes:
+    raise ValueError(f"init_from.label_map={path!r} maps {len(rows)} classes; the model has {num_classes}")
+  return np.asarray(rows)
+
+
+def params_init(config: ml_collections.ConfigDict, num_classes: int) -> tuple[dict, bool]:
+  """The subtrees of the classifier that `init_from.params` gives (numpy, unchecked) -> (tree, pos_param)."""
+  path, label_map = config.init_from.params, config.init_from.label_map
+  params, meta = params_io.load_params(path)
+  kind = meta.get("kind")
+  if kind not in ENCODER_AT:
+    raise ValueError(f"init_from.params={path!r} holds {kind!r} params; expected one of {sorted(ENCODER_AT)}")
+  enc = params
+  for k in ENCODER_AT[kind]:
+    if k not in enc:
+      raise ValueError(f"init_from.params={path!r}: a {kind} file without {'/'.join(ENCODER_AT[kind])}")
+    enc = enc[k]
+  out = {"encoder": {k: v for k, v in enc.items() if k != "norm"}}  # pretraining's final norm: fc_norm replaces it
+  if kind == "classifier":
+    head = params["head"]
+    if label_map:
+      rows = read_label_map(label_map, num_classes, head["bias"].shape[0])
+      head = {"kernel": head["kernel"][:, rows], "bias": head["bias"][rows]}
+    out["fc_norm"] = params["fc_norm"]  # kept with a new head too, as the official fine-tuning does
+    if head["bias"].shape[0] == num_classes:
+      out["head"] = head
+    else:
+      print(f"init_from.params: {path} has {head['bias'].shape[0]} classes, the model {num_classes}: a new head",
+            file=sys.stderr)
+  elif label_map:
+    raise ValueError(f"init_from.label_map re-maps a classifier's head, but init_from.params={path!r} is {kind}")
+  return out, "pos_embed" in out["encoder"]
+
+
+def check_fits(tree: dict, abstract: dict, path: str) -> None:
+  """Every param of `tree` exists in `abstract` with its shape, or one error naming the file and the keys."""
+  have = {"/".join(p): np.shape(x) for p, x in flax.traverse_util.flatten_dict(tree).items()}
+  want = {"/".join(p): tuple(x.shape) for p, x in flax.traverse_util.flatten_dict(abstract).items()}
+  top = {k.split("/")[0] for k in have}
+  missing = sorted(k for k in want if k.split("/")[0] in top and k not in have)
+  unexpected = sorted(set(have) - set(want))
+  wrong = sorted(f"{k}: file {have[k]} vs model {want[k]}" for k in set(have) & set(want) if have[k] != want[k])
+  if missing or unexpected or wrong:
+    raise ValueError(f"init_from.params={path!r} does not fit the model: missing {missing[:8]}; unexpected "
+                     f"{unexpected[:8]}; shape mismatches {wrong[:8]}")
+
+
+def _place(x: np.ndarray, like: jax.ShapeDtypeStruct, s: jax.sharding.Sharding) -> jax.Array:
+  """A host array (the same on every process) -> a global array with sharding `s`."""
+  x = np.asarray(x, like.dtype)
+  return jax.make_array_from_callback(x.shape, s, lambda i: x[i])
+
+
 def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
-  meta = config_lib.check_data(config, (config.data.split, config.data.eval_split))
+  if config.mode not in ("train", "eval"):
+    raise ValueError(f"config.mode={config.mode!r}; expected 'train' or 'eval'")
+  evaluating = config.mode == "eval"
+  if evaluating and not (config.data.eval_split and config.init_from.params):
+    raise ValueError("config.mode=eval evaluates config.init_from.params (a classifier) on config.data.eval_split; "
+                     "set both")
+  if config.init_from.workdir and config.init_from.params:
+    raise ValueError("set one of config.init_from.workdir and config.init_from.params, not both")
+  if config.init_from.label_map and not config.init_from.params:
+    raise ValueError("config.init_from.label_map re-maps the head of config.init_from.params, which is empty")
+  splits = (config.data.eval_split,) if evaluating else (config.data.split, config.data.eval_split)
+  meta = config_lib.check_data(config, splits)
   num_classes = config.model.num_classes or len(meta.get("label_names") or [])
   if not num_classes:
     raise ValueError(f"config.model.num_classes is 0 and {config.data.path} names no labels")
-  model = build(config, num_classes)
+  loaded, pos_param = params_init(config, num_classes) if config.init_from.params else (None, False)
+  model = build(config, num_classes, pos_param)
   dtype = jnp.dtype(config.model.dtype)
-  task = model_task(config, num_classes)
+  task = model_task(config, num_classes, pos_param)
+  random_init = lambda shardings: jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=shardings)(
+      jax.random.key(config.seed))
   load_init = None
   if config.init_from.workdir:
     def load_init(abstract, shardings):
-      params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=shardings)(jax.random.key(config.seed))
       enc, step = checkpoint.restore_subtree(config.init_from.workdir, ("params", "encoder"), abstract["encoder"],
                                              shardings["encoder"])
       print(f"initialised the encoder from {config.init_from.workdir} (step {step})")
-      return {**params, "encoder": enc}
+      return {**random_init(shardings), "encoder": enc}
+  elif loaded is not None:
+    check_fits(loaded, nn.meta.unbox(jax.eval_shape(task.init, jax.random.key(0))), config.init_from.params)
+    if evaluating and "head" not in loaded:
+      raise ValueError(f"config.mode=eval: init_from.params={config.init_from.params!r} has no {num_classes}-class "
+                       "head to evaluate (set init_from.label_map, or model.num_classes to its class count)")
+
+    def load_init(abstract, shardings):
+      got = {k: jax.tree.map(_place, v, abstract[k], shardings[k]) for k, v in loaded.items()}
+      print(f"initialised {', '.join(sorted(got))} from {config.init_from.params}")
+      return {**(random_init(shardings) if set(abstract) - set(got) else {}), **got}  # a whole classifier: no init
 
   mesh, _ = setup_mesh(config, devices)
   evaluate = None
@@ -73,13 +186,41 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
       probs, labels = evaluation.predict(fn, params, src, eval_bs, mesh)
       return evaluation.accuracy(probs, labels, meta.get("label_names"), meta.get("temporal_classes", ()))
 
+  task = dataclasses.replace(task, load_init=load_init, evaluate=evaluate)
+  if evaluating:
+    return task
   train_spec = config_lib.clip_spec(config.data)
   data = ip.train_dataset([ip.Source(config.data.path, config.data.split, clip=train_spec)], config.batch_size,
                           config.seed)
-  return dataclasses.replace(task, train_data=data, clips_per_epoch=meta["splits"][config.data.split]["num_records"],
-                             load_init=load_init, evaluate=evaluate)
+  return dataclasses.replace(task, train_data=data, clips_per_epoch=meta["splits"][config.data.split]["num_records"])
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=None) -> Result:
+  """mode=eval: the init params, sharded as training shards them, through the trainer's own final evaluation
+  -> Result(eval=metrics); the metrics also go to <workdir>/eval.json."""
+  mesh, rules = setup_mesh(config, devices)
+  boxed = jax.eval_shape(task.init, jax.random.key(config.seed))
+  shardings = sharding.param_shardings(boxed, mesh, rules, config.get("min_fsdp_size", 0))
+  params = task.load_init(nn.meta.unbox(boxed), shardings)
+  ev = task.evaluate(params, 0)
+  if jax.process_index() == 0:
+    record = {"params": os.path.abspath(config.init_from.params), "split": config.data.eval_split,
+              "views": [config.data.test_clips, config.data.test_crops],
+              **{k: None if math.isnan(v) else float(v) for k, v in ev.items()}}  # NaN: a group with no clips
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(record, f, indent=1)
+    print(f"eval of {config.init_from.params} on {config.data.eval_split} ({config.data.test_clips} clips × "
+          f"{config.data.test_crops} crops): " + ", ".join(f"{k} {v:.2f}" for k, v in ev.items())
+          + f"; wrote {workdir}/eval.json")
+  return Result(0, params, [], eval=ev)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
-  return run_and_save(config, workdir, make_task(config, devices),
-                      config_lib.student_export_meta(config, "classifier"), devices)
+  task = make_task(config, devices)
+  if config.mode == "eval":
+    return evaluate_only(config, workdir, task, devices)
+  meta = config_lib.student_export_meta(config, "classifier")
+  if config.init_from.params and "pos_embed" in jax.eval_shape(task.init, jax.random.key(0))["encoder"]:
+    meta["encoder"]["pos_param"] = True
+  return run_and_save(config, workdir, task, meta, devices)

@@ -57,15 +57,7 @@ def model_task(config: ml_collections.ConfigDict, tcfg: CLIPConfig, tparams=None
   tparams: the teacher's params (numpy); None gives ShapeDtypeStructs (compile-only: the mesh planner).
   """
   student, teacher = build(config, tcfg)
-  mesh, rules = setup_mesh(config, devices)
-  t_boxed = jax.eval_shape(lambda: teacher.init(jax.random.key(0), _dummy(config)))["params"]
-  t_sh = sharding.param_shardings(t_boxed, mesh, rules, config.min_fsdp_size)
-  t_dtype = jnp.dtype(config.teacher.dtype)
-  if tparams is None:
-    t_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, t_dtype, sharding=s), nn.meta.unbox(t_boxed),
-                            t_sh)
-  else:
-    t_params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, t_dtype), s), tparams, t_sh)
+  t_params, t_sh = place_teacher(config, teacher, tparams, devices)
   ratio, frames = config.teacher.mask_ratio, config.data.num_frames
   nv = masking.num_visible(tcfg.grid ** 2, ratio) * frames
   init = lambda rng: student.init({"params": rng}, _dummy(config), jnp.zeros((1, nv), jnp.int32))["params"]
@@ -73,6 +65,19 @@ def model_task(config: ml_collections.ConfigDict, tcfg: CLIPConfig, tparams=None
                               config.teacher.align_layers, tcfg)
   return Task(init=init, loss=alignment(student, teacher, ratio, jnp.dtype(config.model.dtype)),
               flops_per_step=step_flops, extra=t_params, extra_shardings=t_sh)
+
+
+def place_teacher(config: ml_collections.ConfigDict, teacher: CLIPTeacher, tparams=None, devices=None):
+  """The frozen teacher's params in `config.teacher.dtype`, sharded by the config's rules -> (params, shardings).
+  tparams None: ShapeDtypeStructs carrying the shardings (compile-only)."""
+  mesh, rules = setup_mesh(config, devices)
+  t_boxed = jax.eval_shape(lambda: teacher.init(jax.random.key(0), _dummy(config)))["params"]
+  t_sh = sharding.param_shardings(t_boxed, mesh, rules, config.min_fsdp_size)
+  t_dtype = jnp.dtype(config.teacher.dtype)
+  if tparams is None:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, t_dtype, sharding=s), nn.meta.unbox(t_boxed),
+                        t_sh), t_sh
+  return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, t_dtype), s), tparams, t_sh), t_sh
 
 
 def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
