@@ -49,3 +49,28 @@ def load_params(path: str) -> tuple[dict, dict]:
     raise ValueError(f"params file {path!r} has no {_META!r} metadata{hint}: it was not written by "
                      f"umt_jax.params_io; expected a .npz from {WRITERS}")
   return flax.traverse_util.unflatten_dict(flat, sep="/"), meta
+
+
+def check_fits(tree: Mapping[str, Any], abstract: Mapping[str, Any], what: str, only_given: bool = False) -> None:
+  """Every param of `abstract` is in `tree` with its shape (with `only_given`, those under the top-level keys
+  `tree` has), and nothing else is, or one ValueError naming `what` and the keys."""
+  have = {"/".join(p): np.shape(x) for p, x in flax.traverse_util.flatten_dict(tree).items()}
+  want = {"/".join(p): tuple(x.shape) for p, x in flax.traverse_util.flatten_dict(abstract).items()}
+  top = {k.split("/")[0] for k in have}
+  missing = sorted(k for k in want if (not only_given or k.split("/")[0] in top) and k not in have)
+  unexpected = sorted(set(have) - set(want))
+  wrong = sorted(f"{k}: file {have[k]} vs model {want[k]}" for k in set(have) & set(want) if have[k] != want[k])
+  if missing or unexpected or wrong:
+    raise ValueError(f"{what} does not fit the model: missing {missing[:8]}; unexpected {unexpected[:8]}; "
+                     f"shape mismatches {wrong[:8]}")
+
+
+def place(tree: Any, abstract: Any, shardings: Any) -> Any:
+  """Host arrays (the same on every process) -> global arrays of `abstract`'s dtypes with `shardings`."""
+  import jax
+
+  def put(x, like, s):
+    x = np.asarray(x, like.dtype)
+    return jax.make_array_from_callback(x.shape, s, lambda i: x[i])
+  return jax.tree.map(put, tree, abstract, shardings)
+

@@ -18,7 +18,6 @@ import math
 import os
 import sys
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -115,25 +114,6 @@ def params_init(config: ml_collections.ConfigDict, num_classes: int) -> tuple[di
   return out, "pos_embed" in out["encoder"]
 
 
-def check_fits(tree: dict, abstract: dict, path: str) -> None:
-  """Every param of `tree` exists in `abstract` with its shape, or one error naming the file and the keys."""
-  have = {"/".join(p): np.shape(x) for p, x in flax.traverse_util.flatten_dict(tree).items()}
-  want = {"/".join(p): tuple(x.shape) for p, x in flax.traverse_util.flatten_dict(abstract).items()}
-  top = {k.split("/")[0] for k in have}
-  missing = sorted(k for k in want if k.split("/")[0] in top and k not in have)
-  unexpected = sorted(set(have) - set(want))
-  wrong = sorted(f"{k}: file {have[k]} vs model {want[k]}" for k in set(have) & set(want) if have[k] != want[k])
-  if missing or unexpected or wrong:
-    raise ValueError(f"init_from.params={path!r} does not fit the model: missing {missing[:8]}; unexpected "
-                     f"{unexpected[:8]}; shape mismatches {wrong[:8]}")
-
-
-def _place(x: np.ndarray, like: jax.ShapeDtypeStruct, s: jax.sharding.Sharding) -> jax.Array:
-  """A host array (the same on every process) -> a global array with sharding `s`."""
-  x = np.asarray(x, like.dtype)
-  return jax.make_array_from_callback(x.shape, s, lambda i: x[i])
-
-
 def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
   if config.mode not in ("train", "eval"):
     raise ValueError(f"config.mode={config.mode!r}; expected 'train' or 'eval'")
@@ -164,13 +144,14 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> Task:
       print(f"initialised the encoder from {config.init_from.workdir} (step {step})")
       return {**random_init(shardings), "encoder": enc}
   elif loaded is not None:
-    check_fits(loaded, nn.meta.unbox(jax.eval_shape(task.init, jax.random.key(0))), config.init_from.params)
+    params_io.check_fits(loaded, nn.meta.unbox(jax.eval_shape(task.init, jax.random.key(0))),
+                         f"init_from.params={config.init_from.params!r}", only_given=True)
     if evaluating and "head" not in loaded:
       raise ValueError(f"config.mode=eval: init_from.params={config.init_from.params!r} has no {num_classes}-class "
                        "head to evaluate (set init_from.label_map, or model.num_classes to its class count)")
 
     def load_init(abstract, shardings):
-      got = {k: jax.tree.map(_place, v, abstract[k], shardings[k]) for k, v in loaded.items()}
+      got = {k: params_io.place(v, abstract[k], shardings[k]) for k, v in loaded.items()}
       print(f"initialised {', '.join(sorted(got))} from {config.init_from.params}")
       return {**(random_init(shardings) if set(abstract) - set(got) else {}), **got}  # a whole classifier: no init
 

@@ -21,7 +21,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from umt_jax import checkpoint, config_lib, input_pipeline as ip, losses, masking, params_io, sharding
 from umt_jax import tokenizer as tok
@@ -214,9 +213,9 @@ def _load_init(config: ml_collections.ConfigDict, task: Task):
         jax.random.key(config.seed))
     if config.init_from.params:
       tree, _ = params_io.load_params(config.init_from.params)
-      _check_fits(tree, abstract, f"config.init_from.params={config.init_from.params!r}")
+      params_io.check_fits(tree, abstract, f"config.init_from.params={config.init_from.params!r}")
       print(f"initialised every param from {config.init_from.params}")
-      return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), tree, shardings)
+      return params_io.place(tree, abstract, shardings)
     if config.init_from.workdir:
       vis, vis_sh = abstract["vision_encoder"], shardings["vision_encoder"]
       keep = [k for k in vis if k != "pool_norm"]  # stage 1 has no pool_norm
@@ -226,22 +225,11 @@ def _load_init(config: ml_collections.ConfigDict, task: Task):
       print(f"initialised the vision encoder and decoders from {config.init_from.workdir} (step {step})")
     if config.text.init:
       _, bert = load_bert(config.text.init)
-      _check_fits(bert, abstract["text_encoder"], f"config.text.init={config.text.init!r}")
-      params["text_encoder"] = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), bert,
-                                            shardings["text_encoder"])
+      params_io.check_fits(bert, abstract["text_encoder"], f"config.text.init={config.text.init!r}")
+      params["text_encoder"] = params_io.place(bert, abstract["text_encoder"], shardings["text_encoder"])
       print(f"initialised the text encoder from {config.text.init}")
     return params
   return load
-
-
-def _check_fits(tree, abstract, what: str) -> None:
-  have = {k: np.shape(v) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
-  want = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(abstract, sep="/").items()}
-  if have != want:
-    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    wrong = sorted(f"{k}: file {have[k]} vs model {want[k]}" for k in set(want) & set(have) if have[k] != want[k])
-    raise ValueError(f"{what} does not fit the model: missing {missing[:6]}, unexpected {extra[:6]}, "
-                     f"shape mismatches {wrong[:6]}")
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -262,8 +250,9 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, devices=None)
   mesh, rules = setup_mesh(config, devices)
   boxed = jax.eval_shape(lambda: _init_like(model, meta, config))
   shardings = sharding.param_shardings(boxed, mesh, rules, config.min_fsdp_size)
-  _check_fits(params, flax.linen.meta.unbox(boxed), repr(path))
-  params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), params, shardings)
+  abstract = flax.linen.meta.unbox(boxed)
+  params_io.check_fits(params, abstract, repr(path))
+  params = params_io.place(params, abstract, shardings)
   result = _retrieval_metrics(config, model, params, tokenizer, mesh)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
