@@ -41,6 +41,7 @@ setup(
             "umt-import-clip=umt_jax.convert.clip_import:main",
             "umt-export-torch=umt_jax.convert.torch_export:main",
             "umt-import-umt=umt_jax.convert.umt_import:main",
+            "umt-import-videomae=umt_jax.convert.videomae_import:main",
             "umt-import-bert=umt_jax.convert.bert_import:main",
             "umt-prepare-videos=data.prepare:main",
             "umt-synthetic-videos=data.synthetic:main",

@@ -3,10 +3,13 @@
   python -m benchmarks.train_step --config=configs/umt_k710.py:B --config.batch_size=64 --steps 10 \\
       --sweep model.attn_impl=xla,cudnn --sweep model.remat=none,dots_no_batch,full \\
       --sweep model.dtype=float32,bfloat16 --sweep batch_size=32,128 --sweep teacher.mask_ratio=0.5,0.9
+  python -m benchmarks.train_step --config=configs/videomae_v2.py:B --config.batch_size=8 \
+      --sweep videomae.decoder_mask_ratio=0.0,0.5    # dual masking: decoder masking off vs running cell 0.5
 
 Every row compiles the real step (`train_loop.build_step`, the stage's teacher as `config.teacher.arch` with
 random weights), runs `--warmup` steps, then times `--steps` steps one by one (blocking on each) and reports
-the median: steps/s, clips/s, TFLOP/s per device and MFU from the analytic FLOPs (umt_jax.flops), and peak
+the median: steps/s, clips/s (loaded clips: a VideoMAE step trains num_sample views of each), analytic GFLOP per
+clip, TFLOP/s per device and MFU from the analytic FLOPs (umt_jax.flops), and peak
 memory per device (the allocator's peak where the backend reports one, else the compiled step's
 arguments + temporaries). The baseline row is the config as given; each sweep row changes one knob.
 """
@@ -79,6 +82,7 @@ def run_row(config, steps: int, warmup: int, peak: float | None) -> dict:
     mem = m.argument_size_in_bytes + m.temp_size_in_bytes if m is not None else float("nan")
   tflops = task.flops_per_step / n / dt / 1e12
   return {"step_ms": dt * 1e3, "steps_s": 1 / dt, "clips_s": config.batch_size / dt, "tflops": tflops,
+          "gflop_clip": task.flops_per_step / config.batch_size / 1e9,
           "mfu": tflops * 1e12 / peak if peak else None, "mem_gib": mem / 2 ** 30,
           "loss": float(jnp.asarray(out["loss"]))}
 
@@ -94,8 +98,8 @@ def main(argv) -> None:
   print(f"{base.name}: {base.trainer}, {jax.device_count()}× {jax.devices()[0].device_kind}, "
         f"global batch {base.batch_size}, {base.data.num_frames}×{base.data.size}², model {base.model.variant}, "
         f"median of {FLAGS.steps} steps after {FLAGS.warmup} warm-up")
-  head = "| setting | step ms | steps/s | clips/s | TFLOP/s/device | MFU | peak GiB/device |"
-  print(head + "\n|" + "---|" * 7)
+  head = "| setting | step ms | steps/s | clips/s | GFLOP/clip | TFLOP/s/device | MFU | peak GiB/device |"
+  print(head + "\n|" + "---|" * 8)
   for label, key, value in rows:
     c = base.copy_and_resolve_references()
     if key is not None:
@@ -104,10 +108,11 @@ def main(argv) -> None:
     try:
       r = run_row(c, FLAGS.steps, FLAGS.warmup, peak)
     except Exception as e:  # e.g. cudnn attention on CPU: report the row, keep sweeping
-      print(f"| {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:100]} |||||| ")
+      print(f"| {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:100]} ||||||| ")
       continue
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-    print(f"| {label} | {r['step_ms']:.1f} | {r['steps_s']:.2f} | {r['clips_s']:.1f} | {r['tflops']:.3f} | {mfu} "
+    print(f"| {label} | {r['step_ms']:.1f} | {r['steps_s']:.2f} | {r['clips_s']:.1f} | {r['gflop_clip']:.1f} "
+          f"| {r['tflops']:.3f} | {mfu} "
           f"| {r['mem_gib']:.2f} |")
     sys.stdout.flush()
 

@@ -22,6 +22,10 @@ from PIL import Image
 FORMAT = "umt_jax.video_records/v1"
 
 
+class CorruptRecord(ValueError):
+  """A record whose bytes do not decode (msgpack, or one of its JPEG frames): bad data, not a bug."""
+
+
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
@@ -31,7 +35,10 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
 def decode_jpeg(data: bytes, min_size: int = 0) -> np.ndarray:
   """JPEG bytes -> (H, W, 3) uint8 (libjpeg-turbo through simplejpeg: a quarter of PIL's per-frame overhead).
   `min_size` > 0 decodes at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= it."""
-  return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_size, min_width=min_size)
+  try:
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_size, min_width=min_size)
+  except ValueError as e:  # corrupt or truncated: libjpeg-turbo's message, e.g. "Premature end of JPEG file"
+    raise CorruptRecord(f"JPEG frame of {len(data)} bytes does not decode: {e}") from e
 
 
 def pack(frames: np.ndarray, *, label: int = -1, captions: list[str] = (), id: str, src_fps: float,
@@ -53,4 +60,7 @@ def unpack(record: bytes | Mapping[str, Any]) -> dict:
     out["captions"] = [c.decode() if isinstance(c, bytes) else str(c) for c in out.get("captions", [])]
     out["id"] = out["id"].decode() if isinstance(out["id"], bytes) else str(out["id"])
     return out
-  return msgpack.unpackb(record, raw=False)
+  try:
+    return msgpack.unpackb(record, raw=False)
+  except ValueError as e:  # msgpack's unpack errors are ValueErrors
+    raise CorruptRecord(f"record of {len(record)} bytes is not msgpack: {e}") from e

@@ -252,3 +252,73 @@ def test_an_unwritable_workdir_fails_at_start_up(bad_data, tmp_path):
   with pytest.raises(OSError, match="is not writable"):
     finetune.train(tiny("finetune", bad_data[0], total_steps=1000), str(workdir))
   assert time.time() - t < 30  # before any step
+
+
+# --- corrupt records -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corrupt_data(tmp_path_factory):
+  """12 train clips in 2 shards: shard 1's record 2 has garbage JPEG frames, its record 4 truncated ones; val
+  record 1 is truncated too."""
+  import msgpack
+  from array_record.python.array_record_module import ArrayRecordWriter
+  out = str(tmp_path_factory.mktemp("corrupt"))
+  synthetic.generate(out, {"train": 12, "val": 4}, size=20, frames=4, clips_per_shard=6)
+  for shard, bad in (("train-00001-of-00002.array_record", {2: "garbage", 4: "cut"}),
+                     ("val-00000-of-00001.array_record", {1: "cut"})):
+    path = os.path.join(out, shard)
+    r = ArrayRecordReader(path)
+    recs = r.read_all()
+    r.close()
+    for i, kind in bad.items():
+      rec = records.unpack(recs[i])
+      rec["frames"] = [bytes(64) if kind == "garbage" else f[: len(f) // 2] for f in rec["frames"]]
+      recs[i] = msgpack.packb(rec, use_bin_type=True)
+    w = ArrayRecordWriter(path, "group_size:1")
+    for b in recs:
+      w.write(b)
+    w.close()
+  return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_training_records_are_skipped_logged_counted_and_resume_exactly(corrupt_data, workers, caplog):
+  from umt_jax import input_pipeline as ip
+  spec = ip.ClipSpec(num_frames=4, size=16, flip=False)
+  ds = ip.train_dataset([ip.Source(corrupt_data, "train", clip=spec)], 4, 0, 0, 1)
+  it = ip.make_iterator(ds, workers)
+  first = [next(it) for _ in range(3)]  # one epoch: each bad record met once
+  assert it.skipped == 2 and "skipped" not in first[0] and all(b["video"].shape[0] == 4 for b in first)
+  for i in (2, 4):
+    shard = f"{corrupt_data}/train-00001-of-00002.array_record"
+    assert f"skipped bad record {shard}:{i} (id 'synthetic/train/{6 + i:07d}')" in caplog.text
+  assert "does not decode: tjDecompressHeader3()" in caplog.text
+  state = it.get_state()
+  want = [next(it) for _ in range(3)]
+  again = ip.make_iterator(ds, workers)
+  again.set_state(state)
+  assert again.skipped == 2
+  for w, g in zip(want, [next(again) for _ in range(3)]):
+    np.testing.assert_array_equal(w["video"], g["video"])
+    np.testing.assert_array_equal(w["label"], g["label"])
+  assert again.skipped == it.skipped == 4
+
+
+def test_the_trainer_counts_skipped_records_and_stops_past_the_limit(corrupt_data, tmp_path):
+  from tests.test_training import tiny
+  from umt_jax.trainers import finetune
+  res = finetune.train(tiny("finetune", corrupt_data, total_steps=3, batch_size=8), str(tmp_path / "ok"))
+  assert [h.get("data/skipped_records") for h in res.history] == [1.0, 3.0, 4.0]  # 2 epochs of 12
+  with pytest.raises(records.CorruptRecord, match=r"4 training records do not decode, more than config.data."
+                     r"max_bad_records=3; the latest .*train-00001-of-00002.array_record:[24] \(id"):
+    finetune.train(tiny("finetune", corrupt_data, total_steps=3, batch_size=8, **{"data.max_bad_records": 3}),
+                   str(tmp_path / "stop"))
+
+
+def test_a_corrupt_eval_record_stops_evaluation_naming_it(corrupt_data):
+  from umt_jax import input_pipeline as ip
+  ds, _ = ip.eval_dataset(ip.Source(corrupt_data, "val", clip=ip.ClipSpec(num_frames=4, size=16)), 4, 0, 1)
+  with pytest.raises(records.CorruptRecord, match=rf"eval split 'val': {corrupt_data}/val-00000-of-00001.array_"
+                     r"record:1 \(id 'synthetic/val/0000001'\): JPEG frame of \d+ bytes does not decode.*does not "
+                     r"skip records"):
+    list(ds)

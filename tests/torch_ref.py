@@ -1,8 +1,9 @@
 """Independent PyTorch references with the official key names and forward semantics (test-only).
 
 Written from the official UMT code's behaviour (single_modality/models/{modeling_finetune,
-modeling_pretrain_umt,clip}.py) and OpenAI CLIP, so that exports load with strict=True and numerics can be
-compared: student classifier and stage-1 model, OpenAI-layout CLIP, and UMT's frame-wise CLIP teacher.
+modeling_pretrain_umt,clip}.py), VideoMAE V2's pretraining model and OpenAI CLIP, so that exports load with
+strict=True and numerics can be compared: student classifier and stage-1 model, VideoMAE V2 pretraining model,
+OpenAI-layout CLIP, and UMT's frame-wise CLIP teacher.
 """
 from __future__ import annotations
 
@@ -143,6 +144,46 @@ class PretrainUMT(nn.Module):
       y = dec.norm(dec.head(feats[i]))
       res.append(y / y.norm(dim=-1, keepdim=True))
     return torch.stack(res)
+
+
+class PretrainVideoMAE(nn.Module):
+  """`PretrainVisionTransformer` of VideoMAE V2's models/modeling_pretrain.py (keys and forward semantics).
+
+  forward(x, mask, decode_mask): mask (B, N) bool True = hidden from the encoder; decode_mask (B, N) bool True =
+  dropped by the decoder, None = VideoMAE v1 (the decoder reconstructs every encoder-masked token).
+  """
+
+  def __init__(self, dim, depth, heads, mlp_ratio, patch, tubelet, frames, img, dec_dim, dec_depth, dec_heads):
+    super().__init__()
+    self.encoder = nn.Module()
+    self.encoder.patch_embed = PatchEmbed(dim, patch, tubelet)
+    self.encoder.blocks = nn.ModuleList([Block(dim, heads, int(dim * mlp_ratio)) for _ in range(depth)])
+    self.encoder.norm = nn.LayerNorm(dim, eps=1e-6)
+    n = (frames // tubelet) * (img // patch) ** 2
+    self.encoder.pos_embed = sinusoid(n, dim)  # plain tensors: absent from the state_dict
+    self.encoder_to_decoder = nn.Linear(dim, dec_dim, bias=False)
+    self.mask_token = nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02)
+    self.pos_embed = sinusoid(n, dec_dim)
+    self.decoder = nn.Module()
+    self.decoder.blocks = nn.ModuleList([Block(dec_dim, dec_heads, int(dec_dim * mlp_ratio)) for _ in range(dec_depth)])
+    self.decoder.norm = nn.LayerNorm(dec_dim, eps=1e-6)
+    self.decoder.head = nn.Linear(dec_dim, 3 * tubelet * patch ** 2)
+
+  def forward(self, x, mask, decode_mask=None):
+    decode_vis = mask if decode_mask is None else ~decode_mask
+    x = self.encoder.patch_embed(x) + self.encoder.pos_embed
+    b, _, c = x.shape
+    x = x[~mask].reshape(b, -1, c)
+    for blk in self.encoder.blocks:
+      x = blk(x)
+    x = self.encoder_to_decoder(self.encoder.norm(x))
+    pos = self.pos_embed.expand(b, -1, -1)
+    d = pos.shape[-1]
+    pos_vis, pos_dec = pos[~mask].reshape(b, -1, d), pos[decode_vis].reshape(b, -1, d)
+    x = torch.cat([x + pos_vis, self.mask_token + pos_dec], dim=1)
+    for blk in self.decoder.blocks:
+      x = blk(x)
+    return self.decoder.head(self.decoder.norm(x[:, -pos_dec.shape[1]:]))
 
 
 # ----------------------------------------------------------------------------- CLIP (OpenAI layout)

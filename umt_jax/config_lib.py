@@ -11,7 +11,7 @@ from umt_jax import input_pipeline as ip
 from umt_jax import sharding
 from umt_jax.models import vit
 
-TRAINERS = ("clip", "umt", "umt_stage2", "finetune")
+TRAINERS = ("clip", "umt", "umt_stage2", "finetune", "videomae")
 
 
 def base(trainer: str) -> ml_collections.ConfigDict:
@@ -41,11 +41,19 @@ def base(trainer: str) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       path="", split="train", eval_split="", num_frames=8, sampling="segment", stride=4, size=224,
-      crop="multiscale", rrc_min_scale=0.08, flip=True, test_clips=1, test_crops=1, workers=0, eval_batch_size=0))
+      crop="multiscale", rrc_min_scale=0.08, flip=True, test_clips=1, test_crops=1, workers=0, eval_batch_size=0,
+      num_sample=1))  # num_sample: repeated augmentation (views per loaded clip; batch_size counts clips)
+
+  # Training records whose bytes do not decode are skipped, logged and counted (data/skipped_records); more than
+  # this many stop the run naming the latest (0: stop at the first). Checked at every logged step.
+  c.data.max_bad_records = 100
 
   c.model = ml_collections.ConfigDict(dict(
       variant="B", embed_dim=0, depth=0, num_heads=0, mlp_dim=0, patch_size=0,  # > 0 overrides the variant
       tubelet_size=1, drop_path=0.1, dtype="float32", remat="none", attn_impl=""))  # attn_impl: ""/xla, cudnn, auto
+  # vid-TLDR token merging: schedule = tokens merged per block (r ≥ 1) or fractions of the block's tokens, e.g.
+  # [600, 200, 100] (the official MSRVTT B/16 `vidTLDR_r`); [] = off. saliency False: plain ToMe merging.
+  c.model.merge = ml_collections.ConfigDict(dict(schedule=[], saliency=True))
 
   if trainer == "clip":  # the demo's stage-0 CLIP (image_size follows data.size, vocab the tokenizer)
     c.clip = ml_collections.ConfigDict(dict(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
@@ -72,6 +80,11 @@ def base(trainer: str) -> ml_collections.ConfigDict:
     # workdir: a stage-1 workdir (encoder + decoders); params: a umt_stage2 params file (a trained or imported
     # official stage-2 model: retrieval fine-tuning and evaluation start from it).
     c.init_from = ml_collections.ConfigDict({"workdir": "", "params": ""})
+  if trainer == "videomae":
+    # Dual masking: tube mask for the encoder, running cell for the decoder (0: VideoMAE v1, the decoder
+    # reconstructs every encoder-masked token). Decoder sizes per variant: configs/videomae_v2.py.
+    c.videomae = ml_collections.ConfigDict(dict(mask_ratio=0.9, decoder_mask_ratio=0.5, decoder_dim=384,
+                                                decoder_depth=4, decoder_heads=6, normalize_target=True))
   if trainer == "finetune":
     c.model.update(num_classes=0, fc_drop=0.0)  # 0 classes: from the dataset's label names
     # workdir: a stage-1 workdir; params: a params file (umt-import-umt or a trainer's params.npz); '' = random.
@@ -85,6 +98,8 @@ def base(trainer: str) -> ml_collections.ConfigDict:
 def student_kwargs(model: ml_collections.ConfigDict) -> dict:
   """VisionTransformer kwargs of `config.model`."""
   overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size") if model[k]}
+  if model.merge.schedule:  # absent when off, so exported metadata stays as it was
+    overrides.update(merge_schedule=tuple(model.merge.schedule), merge_saliency=model.merge.saliency)
   return vit.vit_kwargs(model.variant, tubelet_size=model.tubelet_size, drop_path_rate=model.drop_path,
                         remat_policy=model.remat, attn_impl=model.attn_impl or None, **overrides)
 
@@ -98,7 +113,7 @@ def student_export_meta(config: ml_collections.ConfigDict, kind: str) -> dict:
 def clip_spec(data: ml_collections.ConfigDict, **overrides) -> ip.ClipSpec:
   kw = dict(num_frames=data.num_frames, sampling=data.sampling, stride=data.stride, size=data.size, crop=data.crop,
             rrc_scale=(data.rrc_min_scale, 1.0), flip=data.flip, test_clips=data.test_clips,
-            test_crops=data.test_crops)
+            test_crops=data.test_crops, num_sample=data.get("num_sample", 1))
   kw.update(overrides)
   return ip.ClipSpec(**kw)
 

@@ -9,6 +9,8 @@ stage against XLA's `cost_analysis()` of the compiled step.
   UMT stage 1   student on the visible tokens only (its patch embedding on all of them, before the gather),
                 K alignment decoders on the visible tokens, the teacher forward on every frame.
   fine-tuning   the classifier on all tokens.
+  VideoMAE      encoder on the Nv tube-visible tokens (patch embedding on all), enc→dec on Nv, decoder blocks
+                on Nv + Nd (Nd decoder-kept mask tokens), norm + head on the Nd predictions.
   CLIP stage 0  image tower on one frame, text tower, and the B×B similarity matrix.
 """
 from __future__ import annotations
@@ -61,3 +63,13 @@ def clip_step(batch: int, cfg) -> float:
   text = blocks(cfg.context_length, cfg.text_width, cfg.text_layers, 4 * cfg.text_width) + \
       linear(1, cfg.text_width, cfg.embed_dim)
   return batch * (clip_image(cfg, TRAIN, 1) + TRAIN * text) + TRAIN * linear(batch, cfg.embed_dim, batch)
+
+
+def videomae_step(batch: int, tokens: int, visible: int, decoded: int, enc: dict, decoder_dim: int,
+                  decoder_depth: int, decoder_mlp: int, tubelet: int) -> float:
+  """One dual-masked step on `batch` samples (repeated views counted): `visible` encoder tokens and `decoded`
+  decoder mask tokens of `tokens` per sample."""
+  out = 3 * tubelet * enc["patch_size"] ** 2
+  decoder = (linear(visible, enc["embed_dim"], decoder_dim)
+             + blocks(visible + decoded, decoder_dim, decoder_depth, decoder_mlp) + linear(decoded, decoder_dim, out))
+  return batch * (student(visible, tokens, enc, tubelet) + TRAIN * decoder)

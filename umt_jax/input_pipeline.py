@@ -1,16 +1,19 @@
 """grain input pipelines: pre-decoded JPEG-frame records -> augmented uint8 clips -> global jax.Arrays.
 
 Train: source -> seeded shuffle -> random_map (temporal sampling, JPEG decode of only the sampled frames,
-augmentation) -> repeat (reshuffled and re-augmented each epoch) -> [mixture] -> per-process block slice ->
-batch -> multiprocess prefetch. The random_map runs on the GLOBAL element index, and process p takes rows
-[p·L, (p+1)·L) of every global batch, so the union of all processes' batches is exactly the single-process
-global batch, in order (what `jax.make_array_from_process_local_data` assembles). Normalisation happens on
-device (`normalize`).
+augmentation) -> repeat (reshuffled and re-augmented each epoch) -> skip corrupt records -> [mixture]
+-> per-process block slice -> batch -> multiprocess prefetch. The random_map runs on the GLOBAL element index,
+and process p takes rows [p·L, (p+1)·L) of every global batch, so the union of all processes' batches is
+exactly the single-process global batch, in order (what `jax.make_array_from_process_local_data` assembles).
+Normalisation happens on device (`normalize`).
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import json
+import logging
 import os
 import sys
 import zlib
@@ -23,6 +26,8 @@ import numpy as np
 
 from data import records
 from umt_jax import video_transforms as vt
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +47,7 @@ class ClipSpec:
   captions: bool = False  # also return one caption per clip (random in training)
   test_clips: int = 1  # eval views: temporal clips × spatial crops
   test_crops: int = 1
+  num_sample: int = 1  # repeated augmentation: > 1 gives 'video' (num_sample, T, S, S, 3), each cropped anew
 
   def __post_init__(self):
     for name, value, allowed in (("sampling", self.sampling, ("segment", "sparse", "dense", "middle")),
@@ -73,7 +79,9 @@ def _indices(spec: ClipSpec, n: int, rng: np.random.Generator | None, clip_idx: 
 
 
 class TrainClip(grain.transforms.RandomMap):
-  """record -> {'video': (T, S, S, 3) uint8, 'label': int32[, 'caption': str]}."""
+  """record -> {'video': (T, S, S, 3) uint8, 'label': int32[, 'caption': str]}; with `num_sample` > 1 the
+  video is (num_sample, T, S, S, 3): the same decoded frames, each with its own crop and flip (the official
+  repeated augmentation)."""
 
   def __init__(self, spec: ClipSpec):
     self.spec = spec
@@ -83,6 +91,18 @@ class TrainClip(grain.transforms.RandomMap):
     idx = _indices(spec, len(rec["frames"]), rng)
     min_side = {"multiscale": int(np.ceil(spec.size / 0.66)), "rrc": 0, "center": spec.size}[spec.crop]
     frames = _decode(rec["frames"], idx, min_side)
+    views = [self._augment(frames, rng) for _ in range(spec.num_sample)]
+    video = views[0] if spec.num_sample == 1 else np.stack(views)
+    out = {"video": np.ascontiguousarray(video), "label": np.int32(rec["label"])}
+    if spec.captions:
+      caps = rec["captions"] or [""]
+      out["caption"] = caps[int(rng.integers(len(caps)))]
+      out["idx"] = media_index(rec["id"])
+    return out
+
+  def _augment(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(T, H, W, 3) decoded frames -> (T, S, S, 3): a random crop (spec.crop), resized, maybe flipped."""
+    spec = self.spec
     h, w = frames.shape[1:3]
     if spec.crop == "multiscale":
       box = vt.multi_scale_crop_box(h, w, spec.size, rng)
@@ -94,12 +114,7 @@ class TrainClip(grain.transforms.RandomMap):
     video = vt.crop_resize(frames, box, spec.size)
     if spec.flip and rng.random() < 0.5:
       video = video[:, :, ::-1]
-    out = {"video": np.ascontiguousarray(video), "label": np.int32(rec["label"])}
-    if spec.captions:
-      caps = rec["captions"] or [""]
-      out["caption"] = caps[int(rng.integers(len(caps)))]
-      out["idx"] = media_index(rec["id"])
-    return out
+    return video
 
 
 def media_index(source_id: str) -> np.int32:
@@ -164,6 +179,93 @@ class Source:
   clip: ClipSpec = ClipSpec()
   data_dir: str | None = None  # for tfds: sources
 
+  def bad_record(self, index: int, record: Any, err: Exception) -> str:
+    """Record `index` of the split that failed with `err` -> "<shard file>:<index in it> (id ...): <err>"."""
+    if self.path.startswith("tfds:"):
+      where = f"{self.path} split {self.split!r} record {index}"
+    else:
+      files, ends = _shard_ends(self.path, self.split)
+      k = bisect.bisect_right(ends, index)
+      where = f"{files[k]}:{index - (ends[k - 1] if k else 0)}"
+    try:
+      rid = repr(records.unpack(record).get("id"))
+    except records.CorruptRecord:
+      rid = "unreadable"
+    return f"{where} (id {rid}): {err}"
+
+
+@functools.lru_cache(maxsize=None)
+def _shard_ends(path: str, split: str) -> tuple[list[str], list[int]]:
+  """The split's shard files and their cumulative record counts (read only when a record turns out bad)."""
+  from array_record.python.array_record_module import ArrayRecordReader
+  files, ends = [os.path.join(path, s) for s in read_metadata(path)["splits"][split]["shards"]], []
+  for f in files:
+    reader = ArrayRecordReader(f)
+    ends.append((ends[-1] if ends else 0) + reader.num_records())
+    reader.close()
+  return files, ends
+
+
+class _Tag(grain.transforms.MapWithIndex):
+  """record -> (its index in the split, record); placed before the shuffle, which passes epoch·n + index."""
+
+  def __init__(self, n: int):
+    self.n = n
+
+  def map_with_index(self, index: int, record: Any) -> tuple[int, Any]:
+    return index % self.n, record
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bad:
+  """A training element whose record does not decode; `where` is Source.bad_record's description."""
+  where: str
+
+
+class _Guarded(grain.transforms.RandomMap):
+  """(index, record) -> `clip`'s element, or a _Bad when the record is corrupt (records.CorruptRecord)."""
+
+  def __init__(self, clip: grain.transforms.RandomMap, source: Source):
+    self.clip, self.source = clip, source
+
+  def random_map(self, element: tuple[int, Any], rng: np.random.Generator) -> dict | _Bad:
+    index, record = element
+    try:
+      return self.clip.random_map(record, rng)
+    except records.CorruptRecord as e:
+      return _Bad(self.source.bad_record(index, record, e))
+
+
+class _SkipBad(grain.MapDataset):
+  """Element i of an infinite (repeated) training dataset, or when its record is corrupt element i + n (the same
+  place one epoch of n later: another record, not a duplicate in the batch), i + 2n, ...: a pure function of i,
+  so a resumed run gets the same batches. Adds 'skipped' (int32, records passed over) and 'bad_records' (str,
+  their descriptions one a line)."""
+
+  MAX_TRIES = 8  # more bad records at one place in a row: most of the split is corrupt
+
+  def __init__(self, parent: grain.MapDataset, n: int):
+    super().__init__(parent)
+    self._n = n
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    bad = []
+    for k in range(self.MAX_TRIES):
+      element = self._parent[index + k * self._n]
+      if not isinstance(element, _Bad):
+        return {**element, "skipped": np.int32(len(bad)), "bad_records": "\n".join(bad)}
+      bad.append(element.where)
+    raise records.CorruptRecord(f"{self.MAX_TRIES} records in a row do not decode, so most of the split is "
+                                "corrupt: " + "; ".join(bad))
+
+  def __str__(self) -> str:
+    return "_SkipBad"
+
 
 class _ProcessRows(grain.MapDataset):
   """Process p's rows of each global batch: element i -> global element (i // L)·G + p·L + i % L."""
@@ -191,15 +293,18 @@ def train_dataset(sources: Sequence[Source], global_batch: int, seed: int, proce
                   process_count: int | None = None, transform: grain.transforms.Map | None = None
                   ) -> grain.MapDataset:
   """The infinite, batched training MapDataset of this process (process index/count default to jax's).
-  `transform` (e.g. a tokenizer) runs on every element after sampling and augmentation."""
+  `transform` (e.g. a tokenizer) runs on every element after sampling and augmentation. A record that does not
+  decode is replaced deterministically (_SkipBad); each batch carries 'skipped' (B,) int32 and 'bad_records'
+  (B,) str, which `make_iterator` takes out, logs and counts."""
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   if global_batch % pc:
     raise ValueError(f"global batch {global_batch} is not divisible by the {pc} processes")
   parts = []
   for k, src in enumerate(sources):
-    ds = grain.MapDataset.source(open_source(src.path, src.split, src.data_dir)).seed(seed + 7919 * k)
-    parts.append(ds.shuffle().random_map(TrainClip(src.clip)).repeat(None))
+    recs = grain.MapDataset.source(open_source(src.path, src.split, src.data_dir))
+    ds = recs.map_with_index(_Tag(len(recs))).seed(seed + 7919 * k)
+    parts.append(_SkipBad(ds.shuffle().random_map(_Guarded(TrainClip(src.clip), src)).repeat(None), len(recs)))
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [s.weight for s in sources])
   if transform is not None:
     ds = ds.map(transform)
@@ -254,17 +359,33 @@ def eval_dataset(source: Source, global_batch: int, process_index: int | None = 
                  process_count: int | None = None) -> tuple[grain.MapDataset, int]:
   """Batched eval MapDataset of this process, padded to whole global batches -> (dataset, num_examples).
 
-  Each element carries 'valid' (0 for padding rows, which repeat example 0)."""
+  Each element carries 'valid' (0 for padding rows, which repeat example 0). A record that does not decode
+  stops evaluation, naming its shard and index: skipping it would change the metrics' denominator."""
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   src = grain.MapDataset.source(open_source(source.path, source.split, source.data_dir))
   n = len(src)
   padded = -(-n // global_batch) * global_batch
-  views = src.map(EvalClips(source.clip))
+  views = src.map_with_index(_Checked(EvalClips(source.clip), source))
 
   ds = grain.MapDataset.range(padded).map(_Padded(views, n))
   local = global_batch // pc
   return _ProcessRows(ds, pi, pc, local).batch(local), n
+
+
+class _Checked(grain.transforms.MapWithIndex):
+  """(index, record) -> `clip`(record); a corrupt record raises records.CorruptRecord naming it."""
+
+  def __init__(self, clip: grain.transforms.Map, source: Source):
+    self.clip, self.source = clip, source
+
+  def map_with_index(self, index: int, record: Any) -> dict:
+    try:
+      return self.clip.map(record)
+    except records.CorruptRecord as e:
+      raise records.CorruptRecord(f"eval split {self.source.split!r}: {self.source.bad_record(index, record, e)}. "
+                                  "Evaluation does not skip records (its metrics would cover fewer clips): "
+                                  "re-convert the video or drop it from the split") from e
 
 
 class _Padded(grain.transforms.Map):
@@ -275,15 +396,45 @@ class _Padded(grain.transforms.Map):
     return {**self.views[int(i) % self.n], "valid": np.int32(int(i) < self.n)}
 
 
-def make_iterator(ds: grain.MapDataset, worker_count: int = 0, buffer: int = 2) -> grain.DatasetIterator:
-  """Iterator over a MapDataset, prefetched by `worker_count` spawn processes (0: in this thread)."""
+class SkipCount(grain.DatasetIterator):
+  """A `train_dataset` iterator whose batches lose 'skipped' and 'bad_records': each bad record is logged
+  (a warning naming its shard, index and id) and counted. `skipped` (records this process passed over) and
+  `last_bad` (the latest few) are part of the iterator state, so a resumed run continues the count."""
+
+  KEEP = 5
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self.skipped, self.last_bad = 0, []
+
+  def __next__(self) -> dict:
+    batch = next(self._parent)
+    self.skipped += int(batch.pop("skipped").sum())
+    bad = [w for lines in batch.pop("bad_records") if lines for w in str(lines).split("\n")]
+    for where in bad:
+      log.warning("skipped bad record %s", where)
+    self.last_bad = (self.last_bad + bad)[-self.KEEP:]
+    return batch
+
+  def get_state(self) -> dict:
+    return {"pipeline": self._parent.get_state(), "skipped": self.skipped, "last_bad": self.last_bad}
+
+  def set_state(self, state: dict) -> None:
+    if "pipeline" not in state:  # a checkpoint written before the count existed
+      state = {"pipeline": state, "skipped": 0, "last_bad": []}
+    self._parent.set_state(state["pipeline"])
+    self.skipped, self.last_bad = int(state["skipped"]), list(state["last_bad"])
+
+
+def make_iterator(ds: grain.MapDataset, worker_count: int = 0, buffer: int = 2) -> SkipCount:
+  """Iterator over a `train_dataset`, prefetched by `worker_count` spawn processes (0: in this thread)."""
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer))
   if worker_count > 0:
     from absl import flags
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app nobody parsed them
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=buffer))
-  return iter(it)
+  return SkipCount(iter(it))
 
 
 def to_global(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,

@@ -80,6 +80,13 @@ def running_cell_mask(key: jax.Array, batch: int, grid: tuple[int, int, int], ma
   return jnp.asarray(kept)[phase]
 
 
+def encoder_masked(visible_idx: jax.Array, num_tokens: int) -> jax.Array:
+  """The complement of (B, Nv) visible tokens -> (B, N - Nv) sorted: what VideoMAE v1's decoder reconstructs
+  (decoder_mask_ratio 0, where the official sets decoder_mask = 1 - encoder_mask)."""
+  masked = visible_to_mask(visible_idx, num_tokens).astype(jnp.float32)
+  return _sorted_topk(masked, num_tokens - visible_idx.shape[1])
+
+
 def visible_to_mask(visible_idx: jax.Array, num_tokens: int) -> jax.Array:
   """(B, Nv) kept indices -> (B, N) bool, True = masked (the official convention)."""
   b = visible_idx.shape[0]

@@ -8,7 +8,7 @@ import ml_collections
 
 from umt_jax.models.clip import teacher_arch
 from umt_jax.train_loop import Task
-from umt_jax.trainers import finetune, umt_pretrain
+from umt_jax.trainers import finetune, umt_pretrain, videomae_pretrain
 
 
 def stage_task(config: ml_collections.ConfigDict, devices=None, num_classes: int = 400) -> tuple[Task, dict]:
@@ -18,6 +18,8 @@ def stage_task(config: ml_collections.ConfigDict, devices=None, num_classes: int
   if config.trainer == "umt":
     tcfg = teacher_arch(config.teacher.arch, config.teacher.image_size)
     return umt_pretrain.model_task(config, tcfg, None, devices), batch
+  if config.trainer == "videomae":
+    return videomae_pretrain.model_task(config), videomae_pretrain.batch_shapes(config)
   if config.trainer == "finetune":
     return finetune.model_task(config, config.model.num_classes or num_classes), {**batch, "label": ((b,), jnp.int32)}
-  raise ValueError(f"config.trainer={config.trainer!r}: only the 'umt' and 'finetune' stages run without data")
+  raise ValueError(f"config.trainer={config.trainer!r}: only the 'umt', 'videomae' and 'finetune' stages run without data")

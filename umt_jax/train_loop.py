@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from data import records
 from umt_jax import checkpoint, input_pipeline as ip, metrics, optim, params_io, sharding
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
       pending = (step, out)
       if step % config.log_every == 0 or step == steps:
         _check_finite(step, out)
-        history.append(writer.write(step, {k: np.asarray(v) for k, v in out.items()}) | {"step": step})
+        scalars = {k: np.asarray(v) for k, v in out.items()}
+        scalars |= _skipped_records(data_iter, config.data.max_bad_records)
+        history.append(writer.write(step, scalars) | {"step": step})
       if step % config.checkpoint.every == 0 or step == steps:
         ckpt.save(step, state, data_iter, config.to_dict())
       if task.evaluate and config.get("eval_every", 0) and step % config.eval_every == 0 and step < steps:
@@ -255,6 +258,20 @@ def save_final_params(workdir: str, params: Any, meta: dict) -> str:
 
 def abstract_with(shardings: Any, tree: Any) -> Any:
   return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, tree)
+
+
+def _skipped_records(data_iter: ip.SkipCount, limit: int) -> dict:
+  """{'data/skipped_records': bad training records met so far, all processes} once there is one ({} before);
+  raises records.CorruptRecord past `limit`. Collective (an allgather) on several processes."""
+  n = data_iter.skipped
+  if jax.process_count() > 1:
+    n = int(multihost_utils.process_allgather(np.int32(n)).sum())
+  if n > limit:
+    raise records.CorruptRecord(
+        f"{n} training records do not decode, more than config.data.max_bad_records={limit}; the latest (this "
+        f"process): {'; '.join(data_iter.last_bad)}. Re-convert those videos (python -m data.prepare) or raise "
+        "the limit; re-running resumes from the last checkpoint")
+  return {"data/skipped_records": n} if n else {}
 
 
 def _check_finite(step: int, out: dict) -> None:

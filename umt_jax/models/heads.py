@@ -64,9 +64,10 @@ class UMTPretrain(nn.Module):
     if not return_tokens:
       return aligned
     b, t = video.shape[0], enc.token_grid(video.shape)[0]
-    per_frame = x if visible_idx is not None else x.reshape(b, t, -1, x.shape[-1])
+    one_pool = visible_idx is not None or bool(enc.merge_schedule)  # merged tokens: one unweighted mean (vid-TLDR)
+    per_frame = x if one_pool else x.reshape(b, t, -1, x.shape[-1])
     pooled = per_frame.astype(jnp.float32).mean(axis=-2)
-    pooled = pooled[:, None] if visible_idx is not None else pooled
+    pooled = pooled[:, None] if one_pool else pooled
     if self.pool_norm:
       pooled = layers.LayerNorm(1e-6, name="pool_norm", **kw)(pooled)
     return aligned, x, pooled
@@ -91,6 +92,8 @@ class VideoMAEPretrain(nn.Module):
 
   __call__(video, visible_idx (B, Nv) encoder-visible tokens, decode_idx (B, Nd) tokens the decoder
   reconstructs, deterministic) -> (B, Nd, kt·p·p·3) predicted (normalised) pixels, in (p0 p1 p2 c) order.
+  Decoder input: [proj(enc) + pos[visible], mask_token + pos[decode_idx]] (B, Nv + Nd, Dd); its blocks' MLP
+  width is int(Dd · the encoder's mlp_ratio) (g: 512 · 48/11 -> 2234), as the official model passes one ratio.
   """
   encoder: dict
   decoder_dim: int = 384
@@ -114,15 +117,23 @@ class VideoMAEPretrain(nn.Module):
                                         (None, None, "decoder_embed"), self.param_dtype)
     queries = mask_token.astype(self.dtype) + gather_tokens(pos, decode_idx)
     x = jnp.concatenate([x + gather_tokens(pos, visible_idx), queries], axis=1)
-    x = _Decoder(self.decoder_depth, self.decoder_heads, 3 * enc.tubelet_size * enc.patch_size ** 2,
-                 name="decoder", **kw)(x, decode_idx.shape[1], deterministic)
+    x = _Decoder(self.decoder_depth, self.decoder_heads, decoder_mlp_dim(self.decoder_dim, enc),
+                 3 * enc.tubelet_size * enc.patch_size ** 2, name="decoder", **kw)(x, decode_idx.shape[1],
+                                                                                    deterministic)
     return x
+
+
+def decoder_mlp_dim(decoder_dim: int, enc) -> int:
+  """The decoder blocks' MLP width: int(decoder_dim · mlp_dim / embed_dim) of the encoder (kwargs or module)."""
+  get = enc.get if isinstance(enc, dict) else lambda k: getattr(enc, k)
+  return int(decoder_dim * get("mlp_dim") / get("embed_dim"))
 
 
 class _Decoder(nn.Module):
   """VideoMAE decoder: blocks → norm → head, predicting only the last `num_pred` tokens."""
   depth: int
   num_heads: int
+  mlp_dim: int
   out_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -131,7 +142,7 @@ class _Decoder(nn.Module):
   def __call__(self, x: jax.Array, num_pred: int, deterministic: bool) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i in range(self.depth):
-      x = Block(self.num_heads, 4 * x.shape[-1], name=f"blocks_{i}", **kw)(x, deterministic)
+      x = Block(self.num_heads, self.mlp_dim, name=f"blocks_{i}", **kw)(x, deterministic)
     x = layers.LayerNorm(1e-6, name="norm", **kw)(x[:, -num_pred:])
     return layers.Dense(self.out_dim, axes=("embed", None), name="head", **kw)(x)
 

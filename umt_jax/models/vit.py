@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from umt_jax.models import layers
+from umt_jax.models import layers, merging
 from umt_jax.models.posemb import video_pos_table
 
 Dtype = Any
@@ -82,26 +82,41 @@ class PatchEmbed(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm block: x + DropPath(Attn(LN1 x)); x + DropPath(MLP(LN2 x)). LN eps 1e-6, exact GELU."""
+  """Pre-norm block: x + DropPath(Attn(LN1 x)); x + DropPath(MLP(LN2 x)). LN eps 1e-6, exact GELU.
+
+  With token masses `size` (B, N) the attention adds log m to its logits; with `merge_r` > 0, vid-TLDR
+  (ToMe without `merge_saliency`) merges r tokens between attention and MLP (umt_jax.models.merging).
+  Returns x, or (x (B, N - merge_r, D), size) when `size` is given or `merge_r` > 0.
+  """
   num_heads: int
   mlp_dim: int
   drop_path: float = 0.0
   kernel_init: layers.Initializer | None = None
   attn_impl: str | None = None
+  merge_r: int = 0
+  merge_saliency: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool = True, size: jax.Array | None = None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     rng = lambda: None if deterministic or self.drop_path == 0 else self.make_rng("dropout")
-    y = layers.Attention(self.num_heads, layout="beit", kernel_init=self.kernel_init, attn_impl=self.attn_impl,
-                         name="attn", **kw)(layers.LayerNorm(1e-6, name="norm1", **kw)(x))
+    h = layers.LayerNorm(1e-6, name="norm1", **kw)(x)
+    bias = merging.size_bias(size)
+    if self.merge_r:
+      y, log_attn = merging.MergeAttention(self.num_heads, self.kernel_init, name="attn", **kw)(h, bias)
+    else:
+      y = layers.Attention(self.num_heads, layout="beit", kernel_init=self.kernel_init, attn_impl=self.attn_impl,
+                           name="attn", **kw)(h, bias)
     x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
+    if self.merge_r:
+      score = merging.saliency(log_attn) if self.merge_saliency else None
+      x, size = merging.bipartite_merge(x, size, self.merge_r, score)
     y = layers.Mlp(self.mlp_dim, kernel_init=self.kernel_init, name="mlp", **kw)(
         layers.LayerNorm(1e-6, name="norm2", **kw)(x))
-    x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
-    return layers.constrain(x)
+    x = layers.constrain(x + layers.drop_path(y, self.drop_path, rng(), deterministic))
+    return x if size is None else (x, size)
 
 
 REMAT_POLICIES = {
@@ -133,6 +148,8 @@ class VisionTransformer(nn.Module):
   linear_init: str = "xavier"  # 'xavier' (pretraining) or 'trunc_normal' (fine-tuning)
   remat_policy: str = "none"
   attn_impl: str | None = None
+  merge_schedule: tuple[float, ...] = ()  # tokens merged per block (vid-TLDR `vidTLDR_r`); () = off
+  merge_saliency: bool = True  # False: plain ToMe bipartite merging (no background drop)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -161,14 +178,22 @@ class VisionTransformer(nn.Module):
     if self.remat_policy != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy], static_argnums=(2,))
     rates = np.linspace(0, self.drop_path_rate, self.depth)
-    feats = {}
+    merge_r = merging.merge_counts(self.merge_schedule, x.shape[1], self.depth)
+    feats, size = {}, None
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, float(rates[i]), kernel_init, self.attn_impl,
-                name=f"blocks_{i}", **kw)(x, deterministic)
+      blk = block(self.num_heads, self.mlp_dim, float(rates[i]), kernel_init, self.attn_impl, merge_r[i],
+                  self.merge_saliency, name=f"blocks_{i}", **kw)
+      if size is None and not merge_r[i]:
+        x = blk(x, deterministic)
+      else:
+        x, size = blk(x, deterministic, size)
       feats[i] = x
     missing = [i for i in return_layers if i not in feats]
     if missing:
       raise ValueError(f"return_layers {missing} out of range for depth {self.depth}")
+    if len({feats[i].shape for i in return_layers}) > 1:
+      raise ValueError(f"return_layers {list(return_layers)} have different token counts under merge_schedule "
+                       f"{self.merge_schedule}")
     stacked = jnp.stack([feats[i] for i in return_layers]) if return_layers else None
     if self.use_norm:
       norm = layers.LayerNorm(1e-6, name="norm", **kw)

@@ -29,7 +29,8 @@ from umt_jax.models.heads import VideoClassifier
 from umt_jax.train_loop import Result, Task, run_and_save, setup_mesh
 
 # Where each params-file kind keeps the encoder.
-ENCODER_AT = {"classifier": ("encoder",), "umt_pretrain": ("encoder",), "umt_stage2": ("vision_encoder", "encoder")}
+ENCODER_AT = {"classifier": ("encoder",), "umt_pretrain": ("encoder",), "videomae_pretrain": ("encoder",),
+              "umt_stage2": ("vision_encoder", "encoder")}
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int, pos_param: bool = False) -> VideoClassifier:
