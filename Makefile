@@ -1,4 +1,5 @@
 # Two commands: `make demo` (synthetic-data demo on CPU) and `make test`. Both install into .venv first.
+# `make demo-videomae`: the demo's VideoMAE V2 mode (pretraining, fine-tuning, distillation).
 PY ?= python3.11
 VENV := .venv
 
@@ -15,3 +16,7 @@ test: $(VENV)/.installed
 .PHONY: demo
 demo: $(VENV)/.installed
 	$(VENV)/bin/python -m umt_jax.demo --workdir $${WORKDIR:-/tmp/umt_demo}
+
+.PHONY: demo-videomae
+demo-videomae: $(VENV)/.installed
+	$(VENV)/bin/python -m umt_jax.demo --method videomae --workdir $${WORKDIR:-/tmp/umt_demo}

@@ -42,6 +42,7 @@ setup(
             "umt-export-torch=umt_jax.convert.torch_export:main",
             "umt-import-umt=umt_jax.convert.umt_import:main",
             "umt-import-videomae=umt_jax.convert.videomae_import:main",
+            "umt-import-viclip=umt_jax.convert.viclip_import:main",
             "umt-import-bert=umt_jax.convert.bert_import:main",
             "umt-prepare-videos=data.prepare:main",
             "umt-synthetic-videos=data.synthetic:main",

@@ -17,12 +17,23 @@ width 96, 3 layers. `scratch` trains the same classifier from a random init for 
 fine-tuning together (the same total budget). `umt_stage2` continues from stage 1 with a 4-layer BERT (fusion
 from layer 2) trained from scratch on the captions, video and image (one frame) steps, and is evaluated by
 zero-shot retrieval on `test`.
+
+VideoMAE V2 (`python -m umt_jax.demo --method videomae`): `videomae` pretrains the same student (8 frames,
+tubelet 2: 4×4×4 = 64 tokens, as many as above) by dual-masked pixel reconstruction on `pretrain` (tube mask
+0.9: 2 of 16 tokens per frame visible; running cell 0.5; 2 views per clip); `vmae_finetune` fine-tunes it on
+`train` (--config.init_from.workdir=$W/videomae), `vmae_scratch` trains it from random init for the steps of
+both; `vmae_distill` distils the fine-tuned classifier (--config.teacher.workdir=$W/vmae_finetune) into a
+smaller student (width 48, depth 3) on the 3,000 `pretrain` clips with their labels unused (label_weight 0),
+`vmae_small` trains that student on the `train` labels alone for as many steps.
 """
 import ml_collections
 
 from umt_jax import config_lib
 
 UMT_STEPS, FT_STEPS, STAGE2_STEPS = 400, 300, 200
+VMAE_STEPS, DISTILL_STEPS = 800, 300
+VMAE_STAGES = {"videomae": "videomae", "vmae_finetune": "finetune", "vmae_scratch": "finetune",
+               "vmae_distill": "distill", "vmae_small": "finetune"}
 
 
 def student(c: ml_collections.ConfigDict) -> None:
@@ -31,9 +42,10 @@ def student(c: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str = "umt") -> ml_collections.ConfigDict:
   stage = {"clip": "clip", "umt": "umt", "umt_stage2": "umt_stage2", "finetune": "finetune",
-           "scratch": "finetune"}.get(arg)
+           "scratch": "finetune", **VMAE_STAGES}.get(arg)
   if stage is None:
-    raise ValueError(f"configs/demo.py:{arg}: expected clip, umt, umt_stage2, finetune or scratch")
+    raise ValueError(f"configs/demo.py:{arg}: expected clip, umt, umt_stage2, finetune, scratch or one of "
+                     f"{', '.join(VMAE_STAGES)}")
   c = config_lib.base(stage)
   c.name = arg
   c.data.update(path="", split="pretrain", size=32, num_frames=4, sampling="segment", crop="multiscale",
@@ -62,7 +74,7 @@ def get_config(arg: str = "umt") -> ml_collections.ConfigDict:
                   dropout=0.0)
     c.stage2.update(embed_dim=64, rerank_k=16)
     c.optim.update(lr=5e-4, min_lr=1e-5, warmup_epochs=0.5, b2=0.999, weight_decay=0.02)
-  else:
+  elif stage != "videomae":  # fine-tuning and distillation
     c.batch_size = 32
     c.total_steps = FT_STEPS if arg == "finetune" else UMT_STEPS + FT_STEPS
     c.data.update(split="train", eval_split="test", sampling="sparse", crop="rrc", rrc_min_scale=0.5,
@@ -70,6 +82,26 @@ def get_config(arg: str = "umt") -> ml_collections.ConfigDict:
     c.mixup.update(prob=0.0)  # 300 steps on 300 clips: Mixup/CutMix only slow this down (see README)
     # Each run at its best lr of {3e-4, 1e-3, 2e-3} (README): (a) 2e-3 (it underfits at 1e-3), (b) 1e-3 (2e-3
     # collapses it to 27% top-1).
-    c.optim.update(lr=2e-3 if arg == "finetune" else 1e-3, min_lr=1e-5, warmup_epochs=2.0, b2=0.999,
-                   layer_decay=0.75 if arg == "finetune" else 1.0)
+    pretrained = arg in ("finetune", "vmae_finetune")
+    c.optim.update(lr=2e-3 if pretrained else 1e-3, min_lr=1e-5, warmup_epochs=2.0, b2=0.999,
+                   layer_decay=0.75 if pretrained else 1.0)
+  if arg in VMAE_STAGES:
+    videomae(c, arg)
   return c
+
+
+def videomae(c: ml_collections.ConfigDict, arg: str) -> None:
+  """The VideoMAE V2 stages: 8 frames, tubelet 2; the step counts and the distillation student."""
+  c.data.num_frames, c.model.tubelet_size = 8, 2
+  if arg == "videomae":
+    c.batch_size, c.total_steps = 32, VMAE_STEPS
+    c.data.update(num_sample=2)  # repeated augmentation: 64 masked samples a step
+    c.videomae.update(mask_ratio=0.9, decoder_mask_ratio=0.5, decoder_dim=64, decoder_depth=2, decoder_heads=4)
+    c.optim.update(lr=1.5e-3, min_lr=1e-5, warmup_epochs=0.5, b1=0.9, b2=0.95, weight_decay=0.05)
+    return
+  c.total_steps = {"vmae_finetune": FT_STEPS, "vmae_scratch": VMAE_STEPS + FT_STEPS}.get(arg, DISTILL_STEPS)
+  if arg in ("vmae_distill", "vmae_small"):
+    c.model.update(embed_dim=48, depth=3, num_heads=3, mlp_dim=192)
+  if arg == "vmae_distill":  # the teacher labels the unlabelled clips: 10× the labelled set
+    c.data.split = "pretrain"
+    c.distill.update(temperature=1.0, label_weight=0.0)

@@ -16,11 +16,13 @@ import dataclasses
 import os
 import shlex
 import sys
+from typing import Sequence
 
 import numpy as np
 
 from data import records, writer
 from data.prepare import write_metadata
+from umt_jax.descriptions import write_descriptions
 
 TEMPORAL = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink",
             "appear", "disappear")
@@ -33,6 +35,47 @@ PHRASE = {"move_left": "moving left", "move_right": "moving right", "move_up": "
           "move_down": "moving down", "rotate_cw": "rotating clockwise", "rotate_ccw": "rotating anticlockwise",
           "grow": "growing", "shrink": "shrinking", "appear": "appearing", "disappear": "disappearing"}
 TEXTURES = ("striped", "checkered", "noisy", "wavy")
+# MSTA: the class text its prompts use ("a video of {}") and per-class descriptions (ETL4Video format,
+# umt_jax/descriptions.py): spatial = appearance and background, temporal = the motion's sub-steps in order.
+CLASS_TEXT = {**PHRASE, **{s: f"{s} bouncing" for s in APPEARANCE}}
+SHAPE_TEXT = {"circle": "a round filled circle", "cross": "a plus-shaped cross", "frame": "a hollow square frame",
+              "ring": "a hollow round ring"}
+DESCRIPTION_COUNTS = (2, 4)
+_END = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
+_START = {"left": "right", "right": "left", "up": "bottom", "down": "top"}
+
+
+def _sub_steps(cls: str) -> list[str]:
+  """Four ordered sub-steps of a class's motion."""
+  if cls.startswith("move_"):
+    d = cls[5:]
+    return [f"the shape starts near the {_START[d]}", f"the shape moves {d}", f"the shape keeps moving {d}",
+            f"the shape ends near the {_END[d]}"]
+  if cls.startswith("rotate_"):
+    sense = PHRASE[cls].split()[1]
+    return ["the shape starts at an angle", f"the shape turns {sense}", f"the shape keeps turning {sense}",
+            "the shape ends turned further"]
+  ramps = {"grow": ("small", "bigger", "large"), "shrink": ("large", "smaller", "small"),
+           "appear": ("invisible", "more visible", "solid"), "disappear": ("solid", "fainter", "invisible")}
+  if cls in ramps:
+    a, b, c = ramps[cls]
+    return [f"the shape starts {a}", f"the shape becomes {b}", f"the shape keeps becoming {b}", f"the shape ends {c}"]
+  return ["the shape sits on one side", "the shape bounces sideways", "the shape bounces back",
+          "the shape bounces again"]
+
+
+def descriptions(classes: Sequence[str], n: int) -> tuple[list[list[str]], list[list[str]]]:
+  """-> (spatial, temporal) sentences, n per class, in the ETL4Video wording."""
+  pick = np.linspace(0, 3, n).round().astype(int)
+  spatial, temporal = [], []
+  for cls in classes:
+    look = ([SHAPE_TEXT[cls], f"{SHAPE_TEXT[cls]} of one colour", "an upright shape"] if cls in APPEARANCE else
+            ["a coloured square, triangle or bar", "a single shape of one colour", "small static shapes beside it"])
+    look.append("a striped, checkered, noisy or wavy background")
+    spatial.append([f"A video about {look[i]}." for i in pick])
+    temporal.append([f"A video of {CLASS_TEXT[cls]} generally involves the following step: {_sub_steps(cls)[i]}, "
+                     "which is a sub-step." for i in pick])
+  return spatial, temporal
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -207,8 +250,12 @@ def generate(out: str, counts: dict[str, int], *, seed: int = 0, classes: tuple[
                        tuple(classes), size, frames, fps, quality)
               for i, (a, b) in enumerate(writer.shard_ranges(n, num_shards))]
       reports[split] = writer.run_shard_jobs(synth_shard, jobs, workers, f"synthetic {split}")
+    for n in DESCRIPTION_COUNTS:
+      write_descriptions(os.path.join(out, "descriptions"), n, "synthetic", *descriptions(classes, n))
     extra = {"temporal_classes": [c for c in classes if c in TEMPORAL], "direction_sensitive": True,
-             "synthetic": {"seed": seed, "size": size, "frames": frames, "fps": fps}}
+             "synthetic": {"seed": seed, "size": size, "frames": frames, "fps": fps},
+             "class_text": [CLASS_TEXT[c] for c in classes],
+             "descriptions": {"dir": "descriptions", "dataset": "synthetic", "counts": list(DESCRIPTION_COUNTS)}}
     return write_metadata(out, reports, list(classes), command, extra)
 
 

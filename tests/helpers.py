@@ -35,3 +35,35 @@ def subprocess_env(devices: int) -> dict:
   from tests.conftest import FAST_COMPILE
   return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
           "JAX_PLATFORMS": "cpu"}
+
+
+def preempt_and_resume(train, make_config, workdir: str, stop_after: int, monkeypatch) -> list[float]:
+  """Runs `train(make_config(), workdir)` preempted after step `stop_after`, then again to the end.
+
+  Returns the resumed run's per-step losses (steps stop_after+1 .. total), for comparison with an
+  uninterrupted run's tail.
+  """
+  from umt_jax import train_loop
+  calls = iter(range(10**6))
+  monkeypatch.setattr(train_loop._Preemption, "reached", lambda self: next(calls) == stop_after - 1)
+  first = train(make_config(), workdir)
+  assert first.preempted and first.step == stop_after, (first.preempted, first.step)
+  monkeypatch.undo()
+  again = train(make_config(), workdir)
+  assert not again.preempted and again.step == make_config().total_steps
+  return [h["loss"] for h in again.history]
+
+
+def load_init(config) -> dict:
+  """The params (numpy) a fresh fine-tuning run of `config` starts from: its init_from.* loaded onto a mesh."""
+  import flax.linen as nn
+  from umt_jax import sharding
+  from umt_jax.trainers import finetune
+  task = finetune.make_task(config)
+  boxed = jax.eval_shape(task.init, jax.random.key(0))
+  sh = sharding.param_shardings(boxed, sharding.make_mesh({"data": -1}), sharding.DEFAULT_RULES)
+  return jax.tree.map(np.asarray, task.load_init(nn.meta.unbox(boxed), sh))
+
+
+def tree_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from umt_jax import config_lib
+from umt_jax import config_lib, flops
+from umt_jax.models import vit
 from umt_jax.tools import collectives, mesh_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +60,24 @@ def test_plan_compares_data_parallel_with_fsdp():
     assert r["step"] >= max(r["t_compute"], r["t_memory"]) and 0 < r["mfu"] < 1
   text = mesh_plan.table([dp, fsdp], "H100")
   assert "data:2,fsdp:4,tensor:1" in text and "MFU" in text
+
+
+def test_plan_compiles_distillation_from_the_teacher_variant():
+  # No teacher file: the planner compiles a Ti teacher (config.teacher.variant) beside a tiny student.
+  c = config_lib.base("distill")
+  c.update(batch_size=8, min_fsdp_size=0)
+  c.data.update(size=32, num_frames=2)
+  c.model.update(embed_dim=64, depth=2, num_heads=4, mlp_dim=256, patch_size=8, drop_path=0.0)
+  c.teacher.variant = "Ti"
+  dp = mesh_plan.plan(c, {"data": 8}, "H100", jax.devices(), num_classes=10)
+  fsdp = mesh_plan.plan(c, {"data": 2, "fsdp": 4}, "H100", jax.devices(), num_classes=10)
+  ti = vit.vit_kwargs("Ti")  # 192 wide, 12 deep, patch 16: 2·2·2 tokens of 32² clips
+  teacher_params = 5_483_712 + 2 * 192 + 192 * 10 + 10  # the Ti encoder (README), fc_norm, a 10-class head
+  assert dp["teacher"] == 4 * teacher_params and fsdp["teacher"] < 0.5 * dp["teacher"]  # replicated vs sharded
+  student = flops.finetune_step(8, 2, 4, config_lib.student_kwargs(c.model), 10)
+  assert dp["flops"] * 8 == pytest.approx(student + 8 * flops.classifier_forward(8, ti, 10))
+  with pytest.raises(ValueError, match=r"config.teacher.variant='': compiling without the teacher's weights"):
+    mesh_plan.plan(config_lib.base("distill"), {"data": 8}, "H100", jax.devices())
 
 
 def test_parse_mesh_errors():

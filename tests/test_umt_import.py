@@ -14,9 +14,9 @@ import torch
 
 from data import synthetic
 from tests import torch_ref
-from tests.helpers import to_torch_video
+from tests.helpers import load_init, to_torch_video, tree_equal
 from tests.test_training import tiny
-from umt_jax import params_io, sharding
+from umt_jax import params_io
 from umt_jax.convert import torch_export, umt_import
 from umt_jax.models.bert import BertConfig
 from umt_jax.models.heads import UMTPretrain, VideoClassifier
@@ -139,7 +139,7 @@ def test_stage2_files_dispatch_to_the_stage2_import(tmp_path):
   umt_import.main(["--src", src, "--out", str(tmp_path / "s2.npz"), "--img_size", "32"])
   got, meta = params_io.load_params(str(tmp_path / "s2.npz"))
   assert (meta["kind"], meta["num_frames"], meta["encoder"]["num_heads"]) == ("umt_stage2", 4, 1)
-  _equal(got, params)
+  tree_equal(got, params)
 
 
 def test_import_errors_name_the_file_and_every_key(tmp_path):
@@ -160,6 +160,8 @@ def test_import_errors_name_the_file_and_every_key(tmp_path):
            ({"encoder.patch_embed.proj.weight": conv, "encoder_to_decoder.weight": torch.zeros(16, 32)}, [],
             "VideoMAE pretraining checkpoint"),
            ({"visual.conv1.weight": conv}, [], "not an official UMT checkpoint"),
+           ({"vision_encoder.conv1.weight": conv, "vision_encoder.temporal_positional_embedding": torch.zeros(1, 8, 32)},
+            [], "it is a ViCLIP checkpoint"),
            (sd, ["--img_size", "32", "--num_frames", "8"], "holds 4 frames of 32²"),
            (sd, ["--img_size", "32", "--teacher_out", str(tmp_path / "t.npz")], "carries no clip_teacher")]
   for i, (case, flags, match) in enumerate(cases):
@@ -169,24 +171,13 @@ def test_import_errors_name_the_file_and_every_key(tmp_path):
   assert sorted(os.listdir(tmp_path)) == sorted(["bad.pth"] + [f"case{i}.pth" for i in range(len(cases))])
 
 
-def _load_init(config) -> dict:
-  task = finetune.make_task(config)
-  boxed = jax.eval_shape(task.init, jax.random.key(0))
-  sh = sharding.param_shardings(boxed, sharding.make_mesh({"data": -1}), sharding.DEFAULT_RULES)
-  return jax.tree.map(np.asarray, task.load_init(nn.meta.unbox(boxed), sh))
-
-
-def _equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
 def test_init_from_params_restores_the_imported_weights(data, tmp_path):
   # tiny("finetune"): 4 frames of 16², patch 8, width 32, depth 2; the data has 10 classes
   cls = lambda classes, seed: _random(torch_ref.Classifier(32, 2, 2, 64, 8, 1, 4, 16, classes), seed)
   k10 = _import(_save(cls(10, 0).state_dict(), str(tmp_path / "k10.pth")), str(tmp_path / "k10.npz"),
                 "--img_size", "16")[0]
-  got = _load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / "k10.npz")}))
-  _equal(got, k10)
+  got = load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / "k10.npz")}))
+  tree_equal(got, k10)
 
   k7 = _import(_save(cls(7, 1).state_dict(), str(tmp_path / "k7.pth")), str(tmp_path / "k7.npz"),
                "--img_size", "16")[0]
@@ -195,11 +186,11 @@ def test_init_from_params_restores_the_imported_weights(data, tmp_path):
   label_map.write_bytes(("\ufeff" + "\r\n".join(map(str, rows)) + "\r\n\r\n").encode("utf-8"))
   (tmp_path / "map.json").write_text(json.dumps(rows))
   for lm in (label_map, tmp_path / "map.json"):
-    got = _load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / "k7.npz"),
+    got = load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / "k7.npz"),
                                                "init_from.label_map": str(lm)}))
-    _equal(got, {**k7, "head": {"kernel": k7["head"]["kernel"][:, rows], "bias": k7["head"]["bias"][rows]}})
-  got = _load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / "k7.npz")}))  # a new head
-  _equal({k: got[k] for k in ("encoder", "fc_norm")}, {k: k7[k] for k in ("encoder", "fc_norm")})
+    tree_equal(got, {**k7, "head": {"kernel": k7["head"]["kernel"][:, rows], "bias": k7["head"]["bias"][rows]}})
+  got = load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / "k7.npz")}))  # a new head
+  tree_equal({k: got[k] for k in ("encoder", "fc_norm")}, {k: k7[k] for k in ("encoder", "fc_norm")})
   assert got["head"]["kernel"].shape == (32, 10)
 
   s1 = _random(torch_ref.PretrainUMT(32, 2, 2, 64, 8, 4, 16, 16, 2), seed=2)
@@ -207,15 +198,15 @@ def test_init_from_params_restores_the_imported_weights(data, tmp_path):
   params_io.save_params(str(tmp_path / "s2.npz"), {"vision_encoder": {"encoder": s1["encoder"]}},
                         {"kind": "umt_stage2"})
   for name in ("s1.npz", "s2.npz"):
-    got = _load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / name)}))
-    _equal(got["encoder"], {k: v for k, v in s1["encoder"].items() if k != "norm"})
+    got = load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / name)}))
+    tree_equal(got["encoder"], {k: v for k, v in s1["encoder"].items() if k != "norm"})
 
   edited = cls(10, 3)
   with torch.no_grad():
     edited.pos_embed.add_(0.1)
   kept = _import(_save(edited.state_dict(), str(tmp_path / "e.pth")), str(tmp_path / "e.npz"), "--img_size", "16")[0]
-  got = _load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / "e.npz")}))
-  _equal(got, kept)
+  got = load_init(tiny("finetune", data, **{"init_from.params": str(tmp_path / "e.npz")}))
+  tree_equal(got, kept)
   assert got["encoder"]["pos_embed"].shape == (1, 16, 32)
 
   errors = [({"init_from.params": str(tmp_path / "k10.npz"), "model.mlp_dim": 48},
@@ -229,7 +220,7 @@ def test_init_from_params_restores_the_imported_weights(data, tmp_path):
                  r"bad_map\.txt' line 3: 'x' is not a head row in \[0, 7\)"))
   for kw, match in errors:
     with pytest.raises(ValueError, match=match):
-      _load_init(tiny("finetune", data, **kw))
+      load_init(tiny("finetune", data, **kw))
 
 
 def test_eval_mode_equals_the_trainers_final_eval(data, tmp_path, capsys):

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from data import synthetic
+from tests.helpers import preempt_and_resume
 from tests.test_training import ROOT, TINY_CLIP, _env, losses_of, tiny
-from umt_jax import input_pipeline as ip, params_io, sharding, tokenizer as tok, train_loop
+from umt_jax import input_pipeline as ip, params_io, sharding, tokenizer as tok
 from umt_jax.convert.bert_import import init_params
 from umt_jax.models.bert import BertConfig
 from umt_jax.models.clip import CLIPVision
@@ -102,15 +103,9 @@ def test_stage2_resume_after_preemption_is_exact(setup, tmp_path, monkeypatch):
   kw = {"total_steps": 6, "checkpoint.every": 3}
   ref = umt_stage2.train(stage2_config(setup, **kw), str(tmp_path / "ref"))
   want = [h["loss"] for h in ref.history]
-  w = str(tmp_path / "w")
-  calls = iter(range(100))
-  monkeypatch.setattr(train_loop._Preemption, "reached", lambda self: next(calls) == 3)  # after step 4
-  first = umt_stage2.train(stage2_config(setup, **kw), w)
-  assert first.preempted and first.step == 4
-  monkeypatch.undo()
-  again = umt_stage2.train(stage2_config(setup, **kw), w)
-  assert again.step == 6
-  np.testing.assert_allclose([h["loss"] for h in again.history], want[4:], rtol=1e-6)
+  again = preempt_and_resume(umt_stage2.train, lambda: stage2_config(setup, **kw), str(tmp_path / "w"), 4,
+                             monkeypatch)
+  np.testing.assert_allclose(again, want[4:], rtol=1e-6)
 
 
 def test_stage2_errors_name_the_key(setup, tmp_path):

@@ -131,3 +131,26 @@ def test_sharded_apply_on_a_mesh_with_rules():
     out = jax.jit(fwd)(params, jax.device_put(video, NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))))
   want = vit.apply(jax.device_get(params), video)[0]
   np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def test_block_stack_backward_does_not_fuse_across_layers():
+  """Guards the LayerNorm op order (issue 15): with the two-pass variance XLA:CPU fused each layer's
+  weight-grad input with the residual cotangents of all later layers (~100 operands at 6 blocks),
+  making the backward pass quadratic in depth. A linear-cost backward keeps fusions small."""
+  import re
+  from umt_jax.models import vit
+
+  class Stack(flax.linen.Module):
+    @flax.linen.compact
+    def __call__(self, x):
+      for i in range(6):
+        x = vit.Block(num_heads=2, mlp_dim=64, name=f"b{i}")(x)
+      return x
+
+  x = jnp.ones((2, 16, 32))
+  params = Stack().init(jax.random.PRNGKey(0), x)
+  grad = jax.jit(jax.grad(lambda p: Stack().apply(p, x).sum()))
+  hlo = grad.lower(params).compile().as_text()
+  operands = [len(re.findall(r"%[\w.-]+", line.split("fusion(", 1)[1].split(")", 1)[0]))
+              for line in hlo.splitlines() if " fusion(" in line]
+  assert operands and max(operands) < 40, max(operands)

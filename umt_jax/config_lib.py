@@ -11,7 +11,7 @@ from umt_jax import input_pipeline as ip
 from umt_jax import sharding
 from umt_jax.models import vit
 
-TRAINERS = ("clip", "umt", "umt_stage2", "finetune", "videomae")
+TRAINERS = ("clip", "umt", "umt_stage2", "finetune", "videomae", "distill", "msta")
 
 
 def base(trainer: str) -> ml_collections.ConfigDict:
@@ -29,6 +29,9 @@ def base(trainer: str) -> ml_collections.ConfigDict:
   c.peak_flops = 0.0  # per device, for MFU; 0: from the device table in umt_jax.metrics
   c.distributed = False  # force jax.distributed.initialize (SLURM / TPU pods are detected anyway)
   c.mode = "train"  # or "eval": evaluate `init_from` weights without training (fine-tuning, stage 2)
+  # JAX's persistent compilation cache: 'auto' = $XDG_CACHE_HOME (or ~/.cache)/umt_jax/xla, '' = off; a
+  # JAX_COMPILATION_CACHE_DIR in the environment wins. A rerun loads the compiled step instead of compiling it.
+  c.compile_cache_dir = "auto"
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.rules = [list(r) for r in sharding.DEFAULT_RULES]
@@ -52,8 +55,9 @@ def base(trainer: str) -> ml_collections.ConfigDict:
       variant="B", embed_dim=0, depth=0, num_heads=0, mlp_dim=0, patch_size=0,  # > 0 overrides the variant
       tubelet_size=1, drop_path=0.1, dtype="float32", remat="none", attn_impl=""))  # attn_impl: ""/xla, cudnn, auto
   # vid-TLDR token merging: schedule = tokens merged per block (r ≥ 1) or fractions of the block's tokens, e.g.
-  # [600, 200, 100] (the official MSRVTT B/16 `vidTLDR_r`); [] = off. saliency False: plain ToMe merging.
-  c.model.merge = ml_collections.ConfigDict(dict(schedule=[], saliency=True))
+  # (600, 200, 100) (the official MSRVTT B/16 `vidTLDR_r`); () = off (a tuple, so a flag can set it). saliency
+  # False: the ToMe mode (umt_jax.models.merging).
+  c.model.merge = ml_collections.ConfigDict(dict(schedule=(), saliency=True))
 
   if trainer == "clip":  # the demo's stage-0 CLIP (image_size follows data.size, vocab the tokenizer)
     c.clip = ml_collections.ConfigDict(dict(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
@@ -85,13 +89,32 @@ def base(trainer: str) -> ml_collections.ConfigDict:
     # reconstructs every encoder-masked token). Decoder sizes per variant: configs/videomae_v2.py.
     c.videomae = ml_collections.ConfigDict(dict(mask_ratio=0.9, decoder_mask_ratio=0.5, decoder_dim=384,
                                                 decoder_depth=4, decoder_heads=6, normalize_target=True))
-  if trainer == "finetune":
+  if trainer in ("finetune", "distill"):  # distill: the student is a fine-tuning classifier
     c.model.update(num_classes=0, fc_drop=0.0)  # 0 classes: from the dataset's label names
     # workdir: a stage-1 workdir; params: a params file (umt-import-umt or a trainer's params.npz); '' = random.
     # label_map: with a classifier `params` file, new class i takes head row map[i] (a JSON list or one index a line).
     c.init_from = ml_collections.ConfigDict({"workdir": "", "params": "", "label_map": ""})
     c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
                                              label_smoothing=0.1))
+  if trainer == "distill":
+    # The frozen teacher: a classifier params file (`path`), or a fine-tune workdir (`workdir`: its params.npz);
+    # dtype: its compute dtype; variant: its ViT variant (the student's tubelet), what the mesh planner compiles
+    # without the file (training reads the architecture from the file). Loss: T²·KL(teacher ‖ student) at
+    # `temperature` + label_weight × the label CE.
+    c.teacher = ml_collections.ConfigDict(dict(path="", workdir="", dtype="float32", variant=""))
+    c.distill = ml_collections.ConfigDict(dict(temperature=1.0, label_weight=0.0))
+  if trainer == "msta":
+    # Adapters on a frozen CLIP (umt_jax/trainers/msta.py). backbone clip_frames | viclip; clip: its params file
+    # (both towers); pixel_norm auto | clip | imagenet; tokenizer: its
+    # tokenizer.json ('' = beside the clip file); layers start..end (1-based, inclusive), bottleneck dim, λ scale,
+    # temporal up-projection form; cc_weight α of the consistency loss over the descriptions
+    # {num_descriptions}_{s|t}_description_{description_name}.json in `descriptions` ('' on the synthetic set: its
+    # own); protocol supervised | few_shot | base_to_novel | zero_shot (eval_path / eval_split: the other dataset).
+    c.msta = ml_collections.ConfigDict(dict(
+        backbone="clip_frames", clip="", tokenizer="", pixel_norm="auto", start=8, end=12, dim=128, scale=0.005,
+        temporal="depthwise", kernel=3, template="a video of {}", cc_weight=1.0, descriptions="",
+        description_name="", num_descriptions=2, protocol="supervised", shots=0, split_seed=0, base_classes="",
+        eval_path="", eval_split=""))
   return c
 
 

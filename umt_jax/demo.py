@@ -8,6 +8,11 @@ for captions of temporal classes (clips that differ only in time) and of appeara
 
   python -m umt_jax.demo --workdir /tmp/umt_demo        (what `make demo` runs)
 
+`--method videomae` (`make demo-videomae`) runs VideoMAE V2 on the same data instead: dual-masked pixel
+reconstruction on `pretrain` -> fine-tuning, vs the same classifier from scratch for the steps of both; then
+distillation of the fine-tuned model into a smaller student on the unlabelled `pretrain` clips, vs that student
+trained on the labels alone; a table with params and forward FLOPs per clip, and the reconstruction loss curve.
+
 Every stage is an ordinary `python -m umt_jax.main --config=configs/demo.py:<stage>` run in its own
 subdirectory; re-running resumes or skips finished stages.
 """
@@ -26,8 +31,8 @@ import numpy as np
 import optax
 
 from data import synthetic
-from umt_jax import (config_lib, evaluation, input_pipeline as ip, main as umt_main, masking, params_io, retrieval,
-                     sharding, tokenizer as tok)
+from umt_jax import (config_lib, evaluation, flops, input_pipeline as ip, main as umt_main, masking, params_io,
+                     retrieval, sharding, tokenizer as tok)
 from umt_jax.convert.clip_import import load_teacher
 from umt_jax.models.clip import CLIP, CLIPConfig, CLIPTeacher, CLIPVision
 from umt_jax.trainers import stage2_retrieval, umt_stage2
@@ -46,7 +51,8 @@ def demo_config(stage: str, workdir: str):
 
 
 def run_stage(stage: str, workdir: str, **updates) -> dict:
-  """One stage in <workdir>/<stage>; skipped when its params.npz exists -> final eval (if any)."""
+  """One stage in <workdir>/<stage>; skipped when its result.json exists -> {eval: final eval (if any), seconds,
+  steps, loss: [[step, logged loss], ...]}. `updates`: dotted config overrides ('total_steps', 'init_from.workdir')."""
   out = os.path.join(workdir, stage)
   done = os.path.join(out, "result.json")
   if os.path.isfile(done):
@@ -54,14 +60,15 @@ def run_stage(stage: str, workdir: str, **updates) -> dict:
       return json.load(f)
   c = demo_config(stage, workdir)
   for key, value in updates.items():
-    section, name = key.split(".")
-    c[section][name] = value
+    section, _, name = key.rpartition(".")
+    (c[section] if section else c)[name] = value
   c.lock()
   t0 = time.time()
   result = umt_main.run(c, out)
   if result.preempted:
     sys.exit(f"stage {stage} was interrupted; re-run the demo to resume it")
-  summary = {"eval": {k: float(v) for k, v in result.eval.items()}, "seconds": time.time() - t0}
+  summary = {"eval": {k: float(v) for k, v in result.eval.items()}, "seconds": time.time() - t0,
+             "steps": c.total_steps, "loss": [[h["step"], h["loss"]] for h in result.history if "loss" in h]}
   with open(done, "w") as f:
     json.dump(summary, f)
   return summary
@@ -176,27 +183,33 @@ def _clip_ranks(w: str, source: ip.Source, gallery, mesh) -> tuple[np.ndarray, n
   return t2v, v2t
 
 
-def main(argv=None) -> dict:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--workdir", default="/tmp/umt_demo")
-  args = ap.parse_args(argv)
-  w = os.path.abspath(args.workdir)
-  t0 = time.time()
-  data = os.path.join(w, "data")
-  if not os.path.isfile(os.path.join(data, "metadata.json")):
-    synthetic.generate(data, SPLITS, size=36, frames=8, workers=os.cpu_count() or 1,
-                       command="python -m umt_jax.demo")
-  meta = ip.read_metadata(data)
-  run_stage("clip", w)
+def accuracy_table(rows: list[tuple[str, dict]], extra: tuple[str, ...] = ()) -> str:
+  """Markdown: one row per (name, result): the `extra` columns (result[col], as they are), then top-1 on the
+  temporal classes, the appearance classes and all."""
+  head = ["model", *extra, "top-1 temporal", "top-1 appearance", "top-1 all"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join([name, *(str(r[k]) for k in extra)] + [
+      f"{r[k]:.1f}" for k in ("top1_temporal", "top1_appearance", "top1")]) + " |" for name, r in rows]
+  return "\n".join(lines)
+
+
+def beats(x: str, y: str, rx: dict, ry: dict, key: str = "top1", what: str = "overall") -> str:
+  return f"{x} beats {y} {what}: {rx[key] > ry[key]} ({rx[key]:.1f} vs {ry[key]:.1f})"
+
+
+def umt_demo(w: str, data: str, meta: dict, stage) -> tuple[str, dict]:
+  """CLIP stage 0 -> UMT stage 1 -> fine-tuning (a) vs scratch (b) vs the teacher's probe (c); stage 2 and
+  zero-shot retrieval -> (report body, results)."""
+  stage("clip")
   teacher = os.path.join(w, "clip", "params.npz")
-  run_stage("umt", w, **{"teacher.path": teacher})
-  a = run_stage("finetune", w, **{"init_from.workdir": os.path.join(w, "umt")})["eval"]
-  b = run_stage("scratch", w)["eval"]
+  stage("umt", **{"teacher.path": teacher})
+  a = stage("finetune", **{"init_from.workdir": os.path.join(w, "umt")})["eval"]
+  b = stage("scratch")["eval"]
   vocab = os.path.join(w, "vocab.txt")
   if not os.path.isfile(vocab):  # a WordPiece vocabulary of the captions' words
     tok.BertTokenizer.from_records(ip.open_source(data, "pretrain"), vocab)
-  run_stage("umt_stage2", w, **{"teacher.path": teacher, "init_from.workdir": os.path.join(w, "umt"),
-                                "text.vocab": vocab, "data.image_path": data})
+  stage("umt_stage2", **{"teacher.path": teacher, "init_from.workdir": os.path.join(w, "umt"), "text.vocab": vocab,
+                         "data.image_path": data})
   ret = retrieval_rows(w, data, meta)
 
   ft = demo_config("finetune", w)
@@ -206,25 +219,75 @@ def main(argv=None) -> dict:
   c = evaluation.accuracy(probs, test[1], meta["label_names"], meta["temporal_classes"])
   save_mask_png(teacher, data, "test", spec, demo_config("umt", w).teacher.mask_ratio,
                 os.path.join(w, "semantic_mask.png"))
-
-  rows = [("(a) UMT stage 1 -> fine-tune", a), ("(b) fine-tune from scratch, same steps", b),
-          ("(c) linear probe, teacher frame-avg", c)]
-  lines = ["| model | top-1 temporal | top-1 appearance | top-1 all |", "|---|---|---|---|"]
-  lines += [f"| {name} | {r['top1_temporal']:.1f} | {r['top1_appearance']:.1f} | {r['top1']:.1f} |"
-            for name, r in rows]
-  report = "\n".join(lines)
-  verdict = [f"(a) beats (b) overall: {a['top1'] > b['top1']} ({a['top1']:.1f} vs {b['top1']:.1f})",
-             f"(a) beats (c) on temporal classes: {a['top1_temporal'] > c['top1_temporal']} "
-             f"({a['top1_temporal']:.1f} vs {c['top1_temporal']:.1f})"]
-  text = (f"umt_jax demo report ({meta['splits']['test']['num_records']} test clips, "
-          f"{len(meta['temporal_classes'])} temporal + {len(meta['label_names']) - len(meta['temporal_classes'])} "
-          f"appearance classes; {time.time() - t0:.0f} s)\n\n{report}\n\n" + "\n".join(verdict) +
-          f"\n\nZero-shot retrieval on the test split:\n\n{ret}\n"
+  report = accuracy_table([("(a) UMT stage 1 -> fine-tune", a), ("(b) fine-tune from scratch, same steps", b),
+                           ("(c) linear probe, teacher frame-avg", c)])
+  verdict = [beats("(a)", "(b)", a, b), beats("(a)", "(c)", a, c, "top1_temporal", "on temporal classes")]
+  body = (f"{report}\n\n" + "\n".join(verdict) + f"\n\nZero-shot retrieval on the test split:\n\n{ret}\n"
           f"\nsemantic mask: {os.path.join(w, 'semantic_mask.png')}\n")
-  with open(os.path.join(w, "report.md"), "w") as f:
+  return body, {"a": a, "b": b, "c": c}
+
+
+def classifier_cost(w: str, name: str) -> dict:
+  """A trained stage's classifier -> {'params': count, 'GFLOPs/view': forward FLOPs of one test view}."""
+  params, meta = params_io.load_params(os.path.join(w, name, "params.npz"))
+  c, enc = demo_config(name, w), meta["encoder"]
+  tokens = c.data.num_frames // enc["tubelet_size"] * (c.data.size // enc["patch_size"]) ** 2
+  gflops = flops.classifier_forward(tokens, enc, params["head"]["bias"].shape[0], enc["tubelet_size"]) / 1e9
+  return {"params": f"{sum(x.size for x in jax.tree.leaves(params)):,}", "GFLOPs/view": f"{gflops:.3f}"}
+
+
+def videomae_demo(w: str, data: str, meta: dict, stage) -> tuple[str, dict]:
+  """VideoMAE V2 pretraining -> fine-tuning (a) vs scratch (b); distillation of (a) into a smaller student (d)
+  vs that student on labels alone (e) -> (report body, results)."""
+  pt = stage("videomae")
+  ft = stage("vmae_finetune", **{"init_from.workdir": os.path.join(w, "videomae")})
+  stages = {"videomae": pt, "vmae_finetune": ft, "vmae_scratch": stage("vmae_scratch"),
+            "vmae_distill": stage("vmae_distill", **{"teacher.workdir": os.path.join(w, "vmae_finetune")}),
+            "vmae_small": stage("vmae_small")}
+  r = {k: {**v["eval"], **classifier_cost(w, k)} for k, v in stages.items() if k != "videomae"}
+  steps = {k: v["steps"] for k, v in stages.items()}
+  n_pre = meta["splits"]["pretrain"]["num_records"]
+  n_lab = meta["splits"][demo_config("vmae_small", w).data.split]["num_records"]
+  report = accuracy_table([
+      ("(a) VideoMAE V2 -> fine-tune", r["vmae_finetune"]),
+      (f"(b) from scratch, same steps ({steps['vmae_scratch']})", r["vmae_scratch"]),
+      (f"(d) small student distilled from (a) ({n_pre} clips, labels unused)", r["vmae_distill"]),
+      (f"(e) small student on labels alone ({n_lab} clips)", r["vmae_small"])], ("params", "GFLOPs/view"))
+  (s0, l0), (s1, l1) = pt["loss"][0], pt["loss"][-1]
+  curve = ", ".join(f"{s}: {l:.4f}" for s, l in pt["loss"])
+  lines = [beats("(a)", "(b)", r["vmae_finetune"], r["vmae_scratch"]),
+           beats("(d)", "(e)", r["vmae_distill"], r["vmae_small"]),
+           f"\nreconstruction loss (normalised pixels of the decoder-kept, encoder-masked tokens): {l0:.4f} at step "
+           f"{s0} -> {l1:.4f} at step {s1} (by step: {curve})",
+           "seconds per stage (steps): " + ", ".join(f"{k} {v['seconds']:.0f} ({steps[k]})" for k, v in stages.items())]
+  return f"{report}\n\n" + "\n".join(lines) + "\n", {"pretrain_loss": pt["loss"], **r}
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--workdir", default="/tmp/umt_demo")
+  ap.add_argument("--method", choices=("umt", "videomae"), default="umt")
+  ap.add_argument("--steps", type=int, default=0, help="every stage this many steps (0: the recipes'; a quick "
+                  "check that the chain runs)")
+  args = ap.parse_args(argv)
+  w = os.path.abspath(args.workdir)
+  t0 = time.time()
+  data = os.path.join(w, "data")
+  if not os.path.isfile(os.path.join(data, "metadata.json")):
+    synthetic.generate(data, SPLITS, size=36, frames=8, workers=os.cpu_count() or 1,
+                       command="python -m umt_jax.demo")
+  meta = ip.read_metadata(data)
+  over = {"total_steps": args.steps} if args.steps else {}
+  stage = lambda name, **kw: run_stage(name, w, **kw, **over)
+  body, results = (umt_demo if args.method == "umt" else videomae_demo)(w, data, meta, stage)
+  title = "umt_jax demo report" if args.method == "umt" else "umt_jax VideoMAE V2 demo report"
+  text = (f"{title} ({meta['splits']['test']['num_records']} test clips, {len(meta['temporal_classes'])} temporal + "
+          f"{len(meta['label_names']) - len(meta['temporal_classes'])} appearance classes; {time.time() - t0:.0f} s)"
+          f"\n\n{body}")
+  with open(os.path.join(w, "report.md" if args.method == "umt" else "report_videomae.md"), "w") as f:
     f.write(text)
   print("\n" + text)
-  return {"a": a, "b": b, "c": c}
+  return results
 
 
 if __name__ == "__main__":

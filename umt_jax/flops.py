@@ -12,10 +12,15 @@ stage against XLA's `cost_analysis()` of the compiled step.
   VideoMAE      encoder on the Nv tube-visible tokens (patch embedding on all), enc→dec on Nv, decoder blocks
                 on Nv + Nd (Nd decoder-kept mask tokens), norm + head on the Nd predictions.
   CLIP stage 0  image tower on one frame, text tower, and the B×B similarity matrix.
+
+Under a vid-TLDR / ToMe merge schedule (`enc["merge_schedule"]`) block i attends over its N_i tokens, merges
+r_i of them (the |A|×|B| cosine similarities of the matching, once: it has no gradient) and runs its MLP on
+N_i - r_i; `classifier_forward` is the inference cost per clip that the merging benchmark reports.
 """
 from __future__ import annotations
 
 from umt_jax.masking import num_visible
+from umt_jax.models.merging import merge_counts
 
 TRAIN, FROZEN, EMBED = 3.0, 1.0, 2.0  # passes of a trained layer, a frozen one, a trained input embedding
 
@@ -24,17 +29,39 @@ def linear(tokens: int, d_in: int, d_out: int) -> float:
   return 2.0 * tokens * d_in * d_out
 
 
+def attention(n: int, d: int) -> float:
+  """qkv, QKᵀ, AV and the output projection on n tokens of width d."""
+  return linear(n, d, 3 * d) + 2 * linear(n, d, n) + linear(n, d, d)
+
+
 def blocks(tokens: int, width: int, depth: int, mlp_dim: int) -> float:
   """Forward FLOPs of `depth` transformer blocks on one sequence: qkv, QKᵀ, AV, output projection, MLP."""
-  n, d = tokens, width
-  return depth * (linear(n, d, 3 * d) + 2 * linear(n, d, n) + linear(n, d, d) + 2 * linear(n, d, mlp_dim))
+  return depth * (attention(tokens, width) + 2 * linear(tokens, width, mlp_dim))
+
+
+def merged_blocks(tokens: int, width: int, mlp_dim: int, counts: tuple[int, ...]) -> tuple[float, float]:
+  """Forward FLOPs of len(counts) blocks merging counts[i] tokens in block i -> (blocks, matching): block i's
+  attention on its N_i tokens and MLP on N_i - r_i; matching = the ⌈N_i/2⌉×⌊N_i/2⌋ similarities of merge
+  blocks."""
+  total, match, n = 0.0, 0.0, tokens
+  for r in counts:
+    total += attention(n, width) + 2 * linear(n - r, width, mlp_dim)
+    match += linear((n + 1) // 2, width, n // 2) if r else 0.0
+    n -= r
+  return total, match
+
+
+def encoder_blocks(tokens: int, enc: dict, passes: float) -> float:
+  """The encoder's blocks on `tokens` tokens, merge-aware (the matching is a forward-only pass)."""
+  counts = merge_counts(enc.get("merge_schedule", ()), tokens, enc["depth"])
+  blk, match = merged_blocks(tokens, enc["embed_dim"], enc["mlp_dim"], counts)
+  return passes * blk + FROZEN * match
 
 
 def student(visible: int, tokens: int, enc: dict, tubelet: int = 1) -> float:
-  """Train FLOPs of the video ViT on `visible` of its `tokens` for one clip."""
+  """Train FLOPs of the video ViT on `visible` of its `tokens` for one clip (merging the visible ones)."""
   p = enc["patch_size"]
-  return (TRAIN * blocks(visible, enc["embed_dim"], enc["depth"], enc["mlp_dim"])
-          + EMBED * linear(tokens, tubelet * p * p * 3, enc["embed_dim"]))
+  return encoder_blocks(visible, enc, TRAIN) + EMBED * linear(tokens, tubelet * p * p * 3, enc["embed_dim"])
 
 
 def clip_image(cfg, passes: float, project: int) -> float:
@@ -57,6 +84,14 @@ def umt_step(batch: int, frames: int, grid: int, mask_ratio: float, enc: dict, c
 def finetune_step(batch: int, frames: int, grid: int, enc: dict, num_classes: int, tubelet: int = 1) -> float:
   n = frames // tubelet * grid * grid
   return batch * (student(n, n, enc, tubelet) + TRAIN * linear(1, enc["embed_dim"], num_classes))
+
+
+def classifier_forward(tokens: int, enc: dict, num_classes: int, tubelet: int = 1) -> float:
+  """Forward FLOPs of the video classifier on one clip of `tokens` tokens (inference, a frozen teacher),
+  merge-aware."""
+  p = enc["patch_size"]
+  return (encoder_blocks(tokens, enc, FROZEN)
+          + linear(tokens, tubelet * p * p * 3, enc["embed_dim"]) + linear(1, enc["embed_dim"], num_classes))
 
 
 def clip_step(batch: int, cfg) -> float:

@@ -13,7 +13,6 @@ import bisect
 import dataclasses
 import functools
 import json
-import logging
 import os
 import sys
 import zlib
@@ -25,9 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import records
-from umt_jax import video_transforms as vt
-
-log = logging.getLogger(__name__)
+from umt_jax import bad_records, video_transforms as vt
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,9 +175,16 @@ class Source:
   weight: float = 1.0
   clip: ClipSpec = ClipSpec()
   data_dir: str | None = None  # for tfds: sources
+  indices: tuple[int, ...] | None = None  # training on a subset of the split's records (MSTA's few-shot sets)
+
+  def open_records(self) -> Sequence:
+    """The split's records (random access), or the `indices` subset of them."""
+    recs = open_source(self.path, self.split, self.data_dir)
+    return recs if self.indices is None else _Subset(recs, self.indices)
 
   def bad_record(self, index: int, record: Any, err: Exception) -> str:
     """Record `index` of the split that failed with `err` -> "<shard file>:<index in it> (id ...): <err>"."""
+    index = index if self.indices is None else self.indices[index]
     if self.path.startswith("tfds:"):
       where = f"{self.path} split {self.split!r} record {index}"
     else:
@@ -194,6 +198,19 @@ class Source:
     return f"{where} (id {rid}): {err}"
 
 
+class _Subset(Sequence):
+  """records[indices[i]] for i < len(indices)."""
+
+  def __init__(self, records: Sequence, indices: Sequence[int]):
+    self._records, self._indices = records, tuple(int(i) for i in indices)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int):
+    return self._records[self._indices[i]]
+
+
 @functools.lru_cache(maxsize=None)
 def _shard_ends(path: str, split: str) -> tuple[list[str], list[int]]:
   """The split's shard files and their cumulative record counts (read only when a record turns out bad)."""
@@ -204,67 +221,6 @@ def _shard_ends(path: str, split: str) -> tuple[list[str], list[int]]:
     ends.append((ends[-1] if ends else 0) + reader.num_records())
     reader.close()
   return files, ends
-
-
-class _Tag(grain.transforms.MapWithIndex):
-  """record -> (its index in the split, record); placed before the shuffle, which passes epoch·n + index."""
-
-  def __init__(self, n: int):
-    self.n = n
-
-  def map_with_index(self, index: int, record: Any) -> tuple[int, Any]:
-    return index % self.n, record
-
-
-@dataclasses.dataclass(frozen=True)
-class _Bad:
-  """A training element whose record does not decode; `where` is Source.bad_record's description."""
-  where: str
-
-
-class _Guarded(grain.transforms.RandomMap):
-  """(index, record) -> `clip`'s element, or a _Bad when the record is corrupt (records.CorruptRecord)."""
-
-  def __init__(self, clip: grain.transforms.RandomMap, source: Source):
-    self.clip, self.source = clip, source
-
-  def random_map(self, element: tuple[int, Any], rng: np.random.Generator) -> dict | _Bad:
-    index, record = element
-    try:
-      return self.clip.random_map(record, rng)
-    except records.CorruptRecord as e:
-      return _Bad(self.source.bad_record(index, record, e))
-
-
-class _SkipBad(grain.MapDataset):
-  """Element i of an infinite (repeated) training dataset, or when its record is corrupt element i + n (the same
-  place one epoch of n later: another record, not a duplicate in the batch), i + 2n, ...: a pure function of i,
-  so a resumed run gets the same batches. Adds 'skipped' (int32, records passed over) and 'bad_records' (str,
-  their descriptions one a line)."""
-
-  MAX_TRIES = 8  # more bad records at one place in a row: most of the split is corrupt
-
-  def __init__(self, parent: grain.MapDataset, n: int):
-    super().__init__(parent)
-    self._n = n
-
-  def __len__(self) -> int:
-    return len(self._parent)
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    bad = []
-    for k in range(self.MAX_TRIES):
-      element = self._parent[index + k * self._n]
-      if not isinstance(element, _Bad):
-        return {**element, "skipped": np.int32(len(bad)), "bad_records": "\n".join(bad)}
-      bad.append(element.where)
-    raise records.CorruptRecord(f"{self.MAX_TRIES} records in a row do not decode, so most of the split is "
-                                "corrupt: " + "; ".join(bad))
-
-  def __str__(self) -> str:
-    return "_SkipBad"
 
 
 class _ProcessRows(grain.MapDataset):
@@ -294,17 +250,18 @@ def train_dataset(sources: Sequence[Source], global_batch: int, seed: int, proce
                   ) -> grain.MapDataset:
   """The infinite, batched training MapDataset of this process (process index/count default to jax's).
   `transform` (e.g. a tokenizer) runs on every element after sampling and augmentation. A record that does not
-  decode is replaced deterministically (_SkipBad); each batch carries 'skipped' (B,) int32 and 'bad_records'
-  (B,) str, which `make_iterator` takes out, logs and counts."""
+  decode is replaced deterministically (bad_records.SkipBad); each batch carries 'skipped' (B,) int32 and
+  'bad_records' (B,) str, which `make_iterator` takes out, logs and counts."""
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   if global_batch % pc:
     raise ValueError(f"global batch {global_batch} is not divisible by the {pc} processes")
   parts = []
   for k, src in enumerate(sources):
-    recs = grain.MapDataset.source(open_source(src.path, src.split, src.data_dir))
-    ds = recs.map_with_index(_Tag(len(recs))).seed(seed + 7919 * k)
-    parts.append(_SkipBad(ds.shuffle().random_map(_Guarded(TrainClip(src.clip), src)).repeat(None), len(recs)))
+    recs = grain.MapDataset.source(src.open_records())
+    ds = recs.map_with_index(bad_records.Tag(len(recs))).seed(seed + 7919 * k)
+    clips = ds.shuffle().random_map(bad_records.Guarded(TrainClip(src.clip), src))
+    parts.append(bad_records.SkipBad(clips.repeat(None), len(recs)))
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [s.weight for s in sources])
   if transform is not None:
     ds = ds.map(transform)
@@ -366,26 +323,11 @@ def eval_dataset(source: Source, global_batch: int, process_index: int | None = 
   src = grain.MapDataset.source(open_source(source.path, source.split, source.data_dir))
   n = len(src)
   padded = -(-n // global_batch) * global_batch
-  views = src.map_with_index(_Checked(EvalClips(source.clip), source))
+  views = src.map_with_index(bad_records.Checked(EvalClips(source.clip), source))
 
   ds = grain.MapDataset.range(padded).map(_Padded(views, n))
   local = global_batch // pc
   return _ProcessRows(ds, pi, pc, local).batch(local), n
-
-
-class _Checked(grain.transforms.MapWithIndex):
-  """(index, record) -> `clip`(record); a corrupt record raises records.CorruptRecord naming it."""
-
-  def __init__(self, clip: grain.transforms.Map, source: Source):
-    self.clip, self.source = clip, source
-
-  def map_with_index(self, index: int, record: Any) -> dict:
-    try:
-      return self.clip.map(record)
-    except records.CorruptRecord as e:
-      raise records.CorruptRecord(f"eval split {self.source.split!r}: {self.source.bad_record(index, record, e)}. "
-                                  "Evaluation does not skip records (its metrics would cover fewer clips): "
-                                  "re-convert the video or drop it from the split") from e
 
 
 class _Padded(grain.transforms.Map):
@@ -396,37 +338,7 @@ class _Padded(grain.transforms.Map):
     return {**self.views[int(i) % self.n], "valid": np.int32(int(i) < self.n)}
 
 
-class SkipCount(grain.DatasetIterator):
-  """A `train_dataset` iterator whose batches lose 'skipped' and 'bad_records': each bad record is logged
-  (a warning naming its shard, index and id) and counted. `skipped` (records this process passed over) and
-  `last_bad` (the latest few) are part of the iterator state, so a resumed run continues the count."""
-
-  KEEP = 5
-
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
-    self.skipped, self.last_bad = 0, []
-
-  def __next__(self) -> dict:
-    batch = next(self._parent)
-    self.skipped += int(batch.pop("skipped").sum())
-    bad = [w for lines in batch.pop("bad_records") if lines for w in str(lines).split("\n")]
-    for where in bad:
-      log.warning("skipped bad record %s", where)
-    self.last_bad = (self.last_bad + bad)[-self.KEEP:]
-    return batch
-
-  def get_state(self) -> dict:
-    return {"pipeline": self._parent.get_state(), "skipped": self.skipped, "last_bad": self.last_bad}
-
-  def set_state(self, state: dict) -> None:
-    if "pipeline" not in state:  # a checkpoint written before the count existed
-      state = {"pipeline": state, "skipped": 0, "last_bad": []}
-    self._parent.set_state(state["pipeline"])
-    self.skipped, self.last_bad = int(state["skipped"]), list(state["last_bad"])
-
-
-def make_iterator(ds: grain.MapDataset, worker_count: int = 0, buffer: int = 2) -> SkipCount:
+def make_iterator(ds: grain.MapDataset, worker_count: int = 0, buffer: int = 2) -> bad_records.SkipCount:
   """Iterator over a `train_dataset`, prefetched by `worker_count` spawn processes (0: in this thread)."""
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer))
   if worker_count > 0:
@@ -434,7 +346,7 @@ def make_iterator(ds: grain.MapDataset, worker_count: int = 0, buffer: int = 2) 
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app nobody parsed them
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=buffer))
-  return SkipCount(iter(it))
+  return bad_records.SkipCount(iter(it))
 
 
 def to_global(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,

@@ -51,6 +51,18 @@ def pixel_loss(pred: jax.Array, targets: jax.Array, visible_idx: jax.Array, deco
   return jnp.sum(mse * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
+def distill_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """Logit distillation (Hinton et al.): T² · mean over the batch of KL(softmax(t / T) ‖ softmax(s / T)), fp32.
+
+  student_logits, teacher_logits (B, C); the T² keeps the gradient's scale independent of T."""
+  if student_logits.shape != teacher_logits.shape:
+    raise ValueError(f"distill_loss: student logits {student_logits.shape} and teacher logits "
+                     f"{teacher_logits.shape} differ in shape")
+  log_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+  log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  return temperature ** 2 * jnp.mean(jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1))
+
+
 def clamp_temp(temp: jax.Array, min_val: float = 0.001, max_val: float = 0.5) -> jax.Array:
   """The contrastive temperature the forward uses: clip(temp) in value, identity in gradient (fp32 scalar).
 
@@ -152,6 +164,15 @@ def mlm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
   return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def consistency_loss(classes: jax.Array, spatial: jax.Array, temporal: jax.Array) -> jax.Array:
+  """MSTA's description-guided consistency: mean over classes c of 2 − cos(w_c, D_s^c) − cos(w_c, D_t^c).
+
+  classes (C, E): the adapted text tower's template embeddings; spatial, temporal (C, E): each class's mean
+  frozen-tower description embedding (normalised here; the mean of unit vectors is not unit)."""
+  w = _l2n(classes)
+  return jnp.mean(2.0 - jnp.sum(w * _l2n(spatial), -1) - jnp.sum(w * _l2n(temporal), -1))
 
 
 def combine(terms: Mapping[str, jax.Array], weights: Mapping[str, float]) -> tuple[jax.Array, dict]:

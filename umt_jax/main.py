@@ -2,7 +2,7 @@
 
   python -m umt_jax.main --config=configs/<recipe>.py[:arg] --workdir=DIR [--config.key=value ...]
 
-The config's `trainer` picks the stage (clip, umt, umt_stage2, finetune, videomae). A workdir with checkpoints resumes from the
+The config's `trainer` picks the stage (clip, umt, umt_stage2, finetune, videomae, distill, msta). A workdir with checkpoints resumes from the
 latest. Multi-host: `jax.distributed.initialize()` runs when SLURM or a TPU pod is detected, when
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are set (launch/local.py), or with
 `--config.distributed=True`; see `distributed_args` and launch/ for which GPUs each process takes.
@@ -25,7 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 TRAINERS = {"clip": "umt_jax.trainers.clip_pretrain", "umt": "umt_jax.trainers.umt_pretrain",
             "umt_stage2": "umt_jax.trainers.umt_stage2", "finetune": "umt_jax.trainers.finetune",
-            "videomae": "umt_jax.trainers.videomae_pretrain"}
+            "videomae": "umt_jax.trainers.videomae_pretrain", "distill": "umt_jax.trainers.distill",
+            "msta": "umt_jax.trainers.msta"}
 
 
 def _tasks_per_node(env: Mapping[str, str]) -> int:

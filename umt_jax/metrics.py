@@ -23,6 +23,20 @@ def peak_flops(device: jax.Device) -> float | None:
   return acc.peak_flops if acc else None
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter class, imported with torch hidden unless it is loaded already: tensorboardX
+  imports torch (when installed) only to accept its tensors, which cost 3-5 s of start-up here; we log floats."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class Writer:
   """Scalars to console, TensorBoard and metrics.jsonl."""
 
@@ -34,8 +48,7 @@ class Writer:
     self._t, self._step, self._tb, self._wait, self._flops = None, None, None, 0.0, 0.0
     if self.active:
       os.makedirs(workdir, exist_ok=True)
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._tb = _summary_writer()(os.path.join(workdir, "tb"))
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
   def start(self, step: int) -> None:

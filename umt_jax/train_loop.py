@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from data import records
-from umt_jax import checkpoint, input_pipeline as ip, metrics, optim, params_io, sharding
+from umt_jax import bad_records, checkpoint, input_pipeline as ip, metrics, optim, params_io, sharding
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +150,49 @@ def build_step(config: ml_collections.ConfigDict, task: Task, steps: int, per_ep
 
   fn = jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh), task.extra_shardings),
                out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  init_params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=p_sh)
-  init_fn = jax.jit(init_state, in_shardings=(p_sh,), out_shardings=state_sh, donate_argnums=0)
+  # Init runs once: on CPU, LLVM's optimisation of its random-number code costs seconds and saves nothing.
+  once = {"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu" else None
+  init_params = jax.jit(lambda k: nn.meta.unbox(task.init(k)), out_shardings=p_sh, compiler_options=once)
+  init_fn = jax.jit(init_state, in_shardings=(p_sh,), out_shardings=state_sh, donate_argnums=0,
+                    compiler_options=once)
   return TrainStep(mesh, rules, fn, init_params, init_fn, state_sh, jax.eval_shape(lambda: init_state(abstract_params)), p_sh,
                    abstract_params)
 
 
+def enable_compile_cache(config: ml_collections.ConfigDict) -> str:
+  """Turns on JAX's persistent compilation cache in `config.compile_cache_dir` ('auto': $XDG_CACHE_HOME or
+  ~/.cache, /umt_jax/xla; '': off) unless JAX_COMPILATION_CACHE_DIR / jax_compilation_cache_dir already names one
+  -> the folder in use ('' when off). A second run of the same step loads it instead of compiling."""
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  path = config.get("compile_cache_dir", "auto")
+  if path == "auto":
+    path = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "umt_jax", "xla")
+  if path:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # cache the one-off init programs too
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
+def process_age() -> float:
+  """Seconds since this process started (Linux /proc; elsewhere since umt_jax.train_loop was imported)."""
+  try:
+    with open("/proc/self/stat") as f:
+      start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+      return float(f.read().split()[0]) - start
+  except (OSError, ValueError, IndexError):
+    return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=None) -> Result:
+  t_run = time.perf_counter()
+  before = process_age()
+  enable_compile_cache(config)
   steps, per_epoch = total_steps(config, task.clips_per_epoch)
   ts = build_step(config, task, steps, per_epoch, devices)
   mesh = ts.mesh
@@ -172,6 +209,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
     else:
       params = ts.init_params(jax.random.key(config.seed))
     state = ts.init_state(params)
+  jax.block_until_ready(state)
+  t_init = time.perf_counter() - t_run
 
   steps_by_shape: dict[tuple, tuple[Any, float | None]] = {}  # batch signature -> (compiled step, FLOPs)
 
@@ -189,7 +228,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
     return fn, arrays, step_flops
 
   batch = ip.to_global(next(data_iter), mesh)
+  t_compile = time.perf_counter()
   compiled_for(batch)
+  t_compile = time.perf_counter() - t_compile
   writer = metrics.Writer(workdir, steps, config.batch_size, name=config.get("name", "train"),
                           peak=config.get("peak_flops", 0.0) or None)
 
@@ -209,6 +250,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, devices=Non
       if pending is not None:  # check the previous step's loss while this one runs (keeps dispatch async)
         _check_finite(*pending)
       pending = (step, out)
+      if step == start + 1:  # the one blocking wait: time to the first step, for start-up regressions
+        jax.block_until_ready(out)
+        if jax.process_index() == 0:
+          print(f"time to first step {process_age():.1f} s since process start: before the loop {before:.1f} s "
+                f"(imports, data, teacher), init {t_init:.1f} s, step compile {t_compile:.1f} s, first batch "
+                f"+ step {time.perf_counter() - t_run - t_init - t_compile:.1f} s", file=sys.stderr)
       if step % config.log_every == 0 or step == steps:
         _check_finite(step, out)
         scalars = {k: np.asarray(v) for k, v in out.items()}
@@ -260,7 +307,7 @@ def abstract_with(shardings: Any, tree: Any) -> Any:
   return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, tree)
 
 
-def _skipped_records(data_iter: ip.SkipCount, limit: int) -> dict:
+def _skipped_records(data_iter: bad_records.SkipCount, limit: int) -> dict:
   """{'data/skipped_records': bad training records met so far, all processes} once there is one ({} before);
   raises records.CorruptRecord past `limit`. Collective (an allgather) on several processes."""
   n = data_iter.skipped

@@ -46,8 +46,8 @@ def _normalise(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _count_layers(sd: Mapping[str, np.ndarray]) -> int:
-  idx = {int(m.group(1)) for k in sd if (m := re.match(r"bert\.encoder\.layer\.(\d+)\.", k))}
-  return max(idx) + 1 if idx else 0
+  idx = layout.layer_indices(sd, r"bert\.encoder\.layer\.(\d+)\.")
+  return idx[-1] + 1 if idx else 0
 
 
 def _config(sd: Mapping[str, np.ndarray], src: str, hf: dict | None, num_heads: int | None) -> BertConfig:

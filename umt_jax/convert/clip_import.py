@@ -131,7 +131,7 @@ def hf_to_openai(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _count(sd: Mapping[str, np.ndarray], prefix: str) -> int:
-  return len({m.group(1) for k in sd if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))})
+  return len(layout.layer_indices(sd, re.escape(prefix) + r"(\d+)\."))
 
 
 def infer_config(sd: Mapping[str, np.ndarray], head_dim: int = 64, hf_config: dict | None = None) -> CLIPConfig:

@@ -12,6 +12,7 @@ import re
 from typing import Any, Mapping
 
 import flax
+import jax
 import numpy as np
 
 _LIST = re.compile(r"^(blocks|resblocks|clip_decoder|layer)_(\d+)$")
@@ -20,6 +21,22 @@ _CONV = re.compile(r"(^|\.)(patch_embed\.proj|conv1)\.weight$")
 _LINEAR = re.compile(r"(\.weight|in_proj_weight)$")
 _ATTN_OUT = re.compile(r"(attn\.(proj|out_proj)|attention\.output\.dense)\.weight$")  # also crossattention
 _HEAD_BIAS = re.compile(r"(q_bias|v_bias|in_proj_bias|\.(query|key|value)\.bias)$")
+
+
+def layer_indices(sd: Mapping[str, np.ndarray], pattern: str) -> list[int]:
+  """Sorted distinct integers captured by `pattern`'s group 1 at the start of the keys (layer numbers)."""
+  return sorted({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+
+
+def need(sd: Mapping[str, np.ndarray], key: str, src: str, what: str) -> np.ndarray:
+  """`sd[key]`, or an error naming the file, the missing key and what the file was expected to be."""
+  if key not in sd:
+    raise ValueError(f"cannot load {src}: it has no {key!r}, so it is not {what} (first keys: {sorted(sd)[:6]})")
+  return sd[key]
+
+
+def param_count(params: Any) -> int:
+  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
 
 
 def torch_name(path: tuple[str, ...]) -> str:

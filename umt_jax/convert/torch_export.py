@@ -8,6 +8,7 @@ Layouts:
                 `embeddings.position_ids` buffer, `text_encoder.cls.*` with the tied decoder written out,
                 `vision_proj`, `text_proj`, `itm_head`, `temp`); no `clip_teacher.*`
   videomae_pretrain  VideoMAE V2 pretraining (`encoder.*`, `encoder_to_decoder`, `mask_token`, `decoder.*`)
+  viclip        ViCLIP (InternVid): `vision_encoder.*`, `text_encoder.*`, `temp` (umt-import-viclip's files)
 
 CLI:
   python -m umt_jax.convert.torch_export --params student.npz --out umt_b16_k400.pth
@@ -27,7 +28,7 @@ from umt_jax.convert import layout
 from umt_jax.models.posemb import video_pos_table
 from umt_jax.models.vit import ref_grid
 
-KINDS = ("classifier", "umt_pretrain", "umt_stage2", "videomae_pretrain")
+KINDS = ("classifier", "umt_pretrain", "umt_stage2", "videomae_pretrain", "viclip")
 
 
 def classifier_state_dict(params: Mapping[str, Any], encoder: Mapping[str, Any], num_frames: int,
@@ -62,7 +63,7 @@ def state_dict_for(kind: str, params: Mapping[str, Any], meta: Mapping[str, Any]
     return stage2_state_dict(params)
   if kind == "classifier":
     return classifier_state_dict(params, meta["encoder"], meta["num_frames"], meta["img_size"])
-  if kind in ("umt_pretrain", "videomae_pretrain"):
+  if kind in ("umt_pretrain", "videomae_pretrain", "viclip"):
     return layout.to_state_dict(params)
   raise ValueError(f"unknown export kind {kind!r}; expected one of {KINDS}")
 

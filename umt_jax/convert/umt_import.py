@@ -51,15 +51,8 @@ POS_ATOL = 1e-4  # a pos_embed within this of the computed table is that table (
 STAGE2_IGNORED = (r"position_ids$", r"^text_encoder\.cls\.predictions\.decoder\.(weight|bias)$", r"^clip_teacher\.")
 
 
-def _count(sd: Mapping[str, np.ndarray], pattern: str) -> list[int]:
-  return sorted({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
-
-
 def _need(sd: Mapping[str, np.ndarray], key: str, src: str, kind: str = "umt_stage2") -> np.ndarray:
-  if key not in sd:
-    raise ValueError(f"cannot load {src}: it has no {key!r}, so it is not an official UMT {kind} checkpoint "
-                     f"(first keys: {sorted(sd)[:6]})")
-  return sd[key]
+  return layout.need(sd, key, src, f"an official UMT {kind} checkpoint")
 
 
 def read(src: str) -> dict[str, np.ndarray]:
@@ -75,6 +68,9 @@ def read(src: str) -> dict[str, np.ndarray]:
 def detect_kind(sd: Mapping[str, np.ndarray], src: str, expect: str = "") -> str:
   """Which official layout (KINDS) the keys hold, checked against `expect` ('' = any); VideoMAE pretraining,
   CLIP and other checkpoints raise, naming what they look like."""
+  if "vision_encoder.temporal_positional_embedding" in sd:
+    raise ValueError(f"cannot load {src}: it is a ViCLIP checkpoint (vision_encoder.temporal_positional_embedding),"
+                     " not a UMT one; use umt-import-viclip")
   if any(k.startswith(("vision_encoder.", "text_encoder.")) for k in sd):
     kind = "umt_stage2"
   elif "encoder_to_decoder.weight" in sd or any(k.startswith("decoder.") for k in sd):
@@ -101,7 +97,7 @@ def infer_encoder(sd: Mapping[str, np.ndarray], prefix: str, src: str, head_dim:
   if pe.ndim != 5:
     raise ValueError(f"cannot load {src}: {prefix}patch_embed.proj.weight {pe.shape} is not a Conv3d [D, 3, kt, p, p]")
   width, tubelet, patch = pe.shape[0], pe.shape[2], pe.shape[3]
-  depth = len(_count(sd, re.escape(prefix) + r"blocks\.(\d+)\."))
+  depth = len(layout.layer_indices(sd, re.escape(prefix) + r"blocks\.(\d+)\."))
   mlp = _need(sd, prefix + "blocks.0.mlp.fc1.weight", src, kind).shape[0]
   if head_dim is None:
     same = [v.num_heads for v in VARIANTS.values() if (v.embed_dim, v.depth, v.mlp_dim) == (width, depth, mlp)]
@@ -165,7 +161,7 @@ def import_single(sd: Mapping[str, np.ndarray], src: str, kind: str, *, num_fram
     params = {"encoder": {k: got[k] for k in target["encoder"]}, "fc_norm": got["fc_norm"], "head": got["head"]}
     meta["num_classes"] = num_classes
   else:
-    align = len(_count(sd, r"clip_decoder\.(\d+)\."))
+    align = len(layout.layer_indices(sd, r"clip_decoder\.(\d+)\."))
     clip_dim = sd["clip_decoder.0.head.weight"].shape[0] if align else 0
     model = UMTPretrain(encoder=enc, clip_dim=clip_dim, num_align_layers=align)
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), video, None))["params"]
@@ -178,11 +174,11 @@ def infer_stage2(sd: Mapping[str, np.ndarray], src: str = "checkpoint", head_dim
   """UMTStage2 kwargs and export metadata from the tensors of an official stage-2 state_dict."""
   encoder = infer_encoder(sd, "vision_encoder.encoder.", src, head_dim)
   width = encoder["embed_dim"]
-  align = len(_count(sd, r"vision_encoder\.clip_decoder\.(\d+)\."))
+  align = len(layout.layer_indices(sd, r"vision_encoder\.clip_decoder\.(\d+)\."))
   clip_dim = sd["vision_encoder.clip_decoder.0.head.weight"].shape[0] if align else 0
   words = _need(sd, "text_encoder.bert.embeddings.word_embeddings.weight", src)
-  layers = _count(sd, r"text_encoder\.bert\.encoder\.layer\.(\d+)\.")
-  fusion = _count(sd, r"text_encoder\.bert\.encoder\.layer\.(\d+)\.crossattention\.")
+  layers = layout.layer_indices(sd, r"text_encoder\.bert\.encoder\.layer\.(\d+)\.")
+  fusion = layout.layer_indices(sd, r"text_encoder\.bert\.encoder\.layer\.(\d+)\.crossattention\.")
   if not fusion:
     raise ValueError(f"cannot load {src}: its BERT has no crossattention layers (a text-only BERT; import it "
                      "with umt-import-bert instead)")
@@ -260,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     params_io.save_params(args.out, params, meta)
     e = meta["encoder"]
     what = f"{meta['num_classes']} classes" if kind == "classifier" else f"{meta['align_layers']} decoders"
-    print(f"wrote {args.out}: {kind}, {_n(params):,} params (width {e['embed_dim']}, depth {e['depth']}, "
+    print(f"wrote {args.out}: {kind}, {layout.param_count(params):,} params (width {e['embed_dim']}, depth {e['depth']}, "
           f"{e['num_heads']} heads, patch {e['patch_size']}, tubelet {e['tubelet_size']}, {meta['num_frames']} "
           f"frames of {meta['img_size']}², {what}{', kept pos_embed' if e.get('pos_param') else ''})")
     return
@@ -274,13 +270,9 @@ def main(argv: list[str] | None = None) -> None:
   params_io.save_params(args.out, params, meta)
   if t_out is not None:
     params_io.save_params(args.teacher_out, *t_out)
-  print(f"wrote {args.out}: umt_stage2, {_n(params):,} params (vision {meta['encoder']['embed_dim']}×"
+  print(f"wrote {args.out}: umt_stage2, {layout.param_count(params):,} params (vision {meta['encoder']['embed_dim']}×"
         f"{meta['encoder']['depth']}, BERT {meta['bert_config']['num_layers']} layers, fusion from "
         f"{meta['bert_config']['fusion_layer']})" + (f"; teacher -> {args.teacher_out}" if t_out else ""))
-
-
-def _n(params) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from typing import Mapping
 
 import jax
@@ -31,6 +30,7 @@ from umt_jax.models.heads import VideoMAEPretrain, decoder_mlp_dim
 
 KINDS = ("videomae_pretrain", "classifier")
 DECODER_HEAD_DIM = 64
+_WHAT = "an official VideoMAE V2 pretraining checkpoint"
 
 
 def detect_kind(sd: Mapping[str, np.ndarray], src: str) -> str:
@@ -51,10 +51,10 @@ def import_pretrain(sd: Mapping[str, np.ndarray], src: str, *, num_frames: int =
   enc = umt_import.infer_encoder(sd, "encoder.", src, head_dim, "videomae_pretrain")
   dec_keys = [k for k in sd if k.startswith("decoder.") or k in ("encoder_to_decoder.weight", "mask_token")]
   has_decoder = bool(dec_keys)  # without one, the target is the encoder's subtree of a one-block stand-in
-  dec_dim = umt_import._need(sd, "encoder_to_decoder.weight", src, "videomae_pretrain").shape[0] if has_decoder else 64
-  dec_depth = len(umt_import._count(sd, r"decoder\.blocks\.(\d+)\.")) if has_decoder else 1
+  dec_dim = layout.need(sd, "encoder_to_decoder.weight", src, _WHAT).shape[0] if has_decoder else 64
+  dec_depth = len(layout.layer_indices(sd, r"decoder\.blocks\.(\d+)\.")) if has_decoder else 1
   if has_decoder:
-    mlp = umt_import._need(sd, "decoder.blocks.0.mlp.fc1.weight", src, "videomae_pretrain").shape[0]
+    mlp = layout.need(sd, "decoder.blocks.0.mlp.fc1.weight", src, _WHAT).shape[0]
     want = decoder_mlp_dim(dec_dim, enc)
     if mlp != want:
       raise ValueError(f"cannot load {src}: decoder.blocks.0.mlp.fc1 is {mlp} wide; the official model builds "
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
   e = meta["encoder"]
   what = (f"{meta['num_classes']} classes" if meta["kind"] == "classifier" else
           f"decoder {meta['decoder_dim']}×{meta['decoder_depth']}" if meta["decoder_depth"] else "no decoder")
-  print(f"wrote {args.out}: {meta['kind']}, {umt_import._n(params):,} params (width {e['embed_dim']}, depth "
+  print(f"wrote {args.out}: {meta['kind']}, {layout.param_count(params):,} params (width {e['embed_dim']}, depth "
         f"{e['depth']}, {e['num_heads']} heads, patch {e['patch_size']}, tubelet {e['tubelet_size']}, {what})")
 
 

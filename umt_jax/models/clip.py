@@ -1,4 +1,5 @@
-"""CLIP (vision + text towers) in the OpenAI state_dict layout, and its use as the frame-wise UMT teacher.
+"""CLIP (vision + text towers) in the OpenAI state_dict layout, its use as the frame-wise UMT teacher, and ViCLIP
+(InternVid's video CLIP, MSTA's backbone: CLIP's towers with joint space-time attention over all frames).
 
 Flax tree [torch name]: visual/{conv1 [visual.conv1], class_embedding, positional_embedding, ln_pre,
 transformer/resblocks_i/{attn (in_proj_weight, in_proj_bias, out_proj), ln_1, mlp (c_fc, c_proj), ln_2},
@@ -7,7 +8,7 @@ ln_post, proj}, token_embedding, positional_embedding, transformer/..., ln_final
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -64,8 +65,15 @@ def teacher_arch(name: str, image_size: int = 0) -> CLIPConfig:
 ACTIVATIONS = {"quick_gelu": layers.quick_gelu, "gelu": layers.exact_gelu}
 
 
+Adapter = Callable[[jax.Array], jax.Array]
+
+
 class ResidualAttentionBlock(nn.Module):
-  """x + attn(ln_1 x); x + mlp(ln_2 x). Optionally also returns query-0 attention (B, N) averaged over heads."""
+  """x + DropPath(attn(z)); x + DropPath(mlp(ln_2 x)) [+ adapter(z)], z = ln_1(x).
+
+  __call__(x (B, N, D), deterministic, adapter) -> (x (B, N, D), query-0 attention (B, N) averaged over heads
+  or None). `adapter` (MMA / MSTA): z (B, N, D) -> (B, N, D), added after attention and MLP.
+  """
   num_heads: int
   act: str = "quick_gelu"
   norm_eps: float = 1e-5
@@ -73,21 +81,31 @@ class ResidualAttentionBlock(nn.Module):
   return_cls_attn: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  drop_path: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array):
+  def __call__(self, x: jax.Array, deterministic: bool = True, adapter: Adapter | None = None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    out = layers.Attention(self.num_heads, layout="openai", causal=self.causal, return_cls_attn=self.return_cls_attn,
-                           name="attn", **kw)(layers.LayerNorm(self.norm_eps, name="ln_1", **kw)(x))
+    rng = lambda: None if deterministic or self.drop_path == 0 else self.make_rng("dropout")
+    z = layers.LayerNorm(self.norm_eps, name="ln_1", **kw)(x)
+    out = layers.Attention(self.num_heads, layout="openai", causal=self.causal,
+                           return_attn="cls" if self.return_cls_attn else None, name="attn", **kw)(z)
     y, attn = out if self.return_cls_attn else (out, None)
-    x = x + y
-    x = x + layers.Mlp(4 * x.shape[-1], act=ACTIVATIONS[self.act], names=("c_fc", "c_proj"), name="mlp", **kw)(
+    x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
+    y = layers.Mlp(4 * x.shape[-1], act=ACTIVATIONS[self.act], names=("c_fc", "c_proj"), name="mlp", **kw)(
         layers.LayerNorm(self.norm_eps, name="ln_2", **kw)(x))
+    x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
+    if adapter is not None:
+      x = x + adapter(z).astype(x.dtype)
     return layers.constrain(x), attn
 
 
 class Transformer(nn.Module):
-  """Stack of residual blocks; returns (x, outputs of `return_layers` stacked (K, ...), last block's CLS attn)."""
+  """Stack of residual blocks; returns (x, outputs of `return_layers` stacked (K, ...), last block's CLS attn).
+
+  Stochastic depth linspace(0, drop_path_rate, layers) (ViCLIP's). `adapters`: one entry per block (None = none),
+  each an `Adapter` the block adds (see ResidualAttentionBlock); entry i is MMA's layer_index i + 1.
+  """
   layers_: int
   num_heads: int
   act: str = "quick_gelu"
@@ -95,14 +113,20 @@ class Transformer(nn.Module):
   causal: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, return_layers: Sequence[int] = (), return_cls_attn: bool = False):
+  def __call__(self, x: jax.Array, return_layers: Sequence[int] = (), return_cls_attn: bool = False,
+               deterministic: bool = True, adapters: Sequence[Adapter | None] | None = None):
+    if adapters is not None and len(adapters) != self.layers_:
+      raise ValueError(f"adapters has {len(adapters)} entries; expected one per block ({self.layers_}, None = none)")
     feats, attn = {}, None
+    rates = np.linspace(0, self.drop_path_rate, self.layers_)
     for i in range(self.layers_):
       want_attn = return_cls_attn and i == self.layers_ - 1
       x, a = ResidualAttentionBlock(self.num_heads, self.act, self.norm_eps, self.causal, want_attn,
-                                    self.dtype, self.param_dtype, name=f"resblocks_{i}")(x)
+                                    self.dtype, self.param_dtype, float(rates[i]), name=f"resblocks_{i}")(
+                                        x, deterministic, None if adapters is None else adapters[i])
       attn = a if want_attn else attn
       feats[i] = x
     stacked = jnp.stack([feats[i] for i in return_layers]) if return_layers else None
@@ -147,16 +171,17 @@ class CLIPVision(nn.Module):
     return embed, tokens, (None if attn is None else attn[:, 1:])
 
 
-class CLIP(nn.Module):
-  """Full CLIP. encode_image(images) -> (B, E); encode_text(ids (B, L) int, EOT = argmax id) -> (B, E);
-  __call__(images, ids) -> (image_embed, text_embed, logit_scale) with embeddings L2-normalised."""
+class CLIPText(nn.Module):
+  """CLIP's text tower, its params at the module's top level (OpenAI names; ViCLIP's `text_encoder`).
+
+  encode_text(ids (B, L) int, EOT = argmax id, adapters per block or None) -> (B, E) = ln_final(EOT) @ proj.
+  """
   cfg: CLIPConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.visual = CLIPVision(c, **kw)
     self.token_embedding = nn.Embed(c.vocab_size, c.text_width, param_dtype=self.param_dtype,
                                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                                 ("vocab", "embed")))
@@ -168,17 +193,29 @@ class CLIP(nn.Module):
     self.text_projection = layers.param_with_axes(self, "text_projection", nn.initializers.normal(c.text_width ** -0.5),
                                                   (c.text_width, c.embed_dim), ("embed", "clip_embed"),
                                                   self.param_dtype)
+
+  def encode_text(self, ids: jax.Array, adapters: Sequence[Adapter | None] | None = None) -> jax.Array:
+    x = self.token_embedding(ids).astype(self.dtype) + self.positional_embedding[: ids.shape[1]].astype(self.dtype)
+    x, _, _ = self.transformer(x, adapters=adapters)
+    x = self.ln_final(x)
+    eot = x[jnp.arange(ids.shape[0]), jnp.argmax(ids, axis=-1)]
+    return eot @ self.text_projection.astype(self.dtype)
+
+  def __call__(self, ids: jax.Array, adapters: Sequence[Adapter | None] | None = None) -> jax.Array:
+    return self.encode_text(ids, adapters)
+
+
+class CLIP(CLIPText):
+  """Full CLIP: the text tower's params at the top level, `visual`, `logit_scale`. encode_image(images) -> (B, E);
+  encode_text(ids) -> (B, E); __call__(images, ids) -> (image_embed, text_embed, logit_scale), L2-normalised."""
+
+  def setup(self):
+    super().setup()
+    self.visual = CLIPVision(self.cfg, dtype=self.dtype, param_dtype=self.param_dtype)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)), (), self.param_dtype)
 
   def encode_image(self, images: jax.Array) -> jax.Array:
     return self.visual(images)[0]
-
-  def encode_text(self, ids: jax.Array) -> jax.Array:
-    x = self.token_embedding(ids).astype(self.dtype) + self.positional_embedding[: ids.shape[1]].astype(self.dtype)
-    x, _, _ = self.transformer(x)
-    x = self.ln_final(x)
-    eot = x[jnp.arange(ids.shape[0]), jnp.argmax(ids, axis=-1)]
-    return eot @ self.text_projection.astype(self.dtype)
 
   def __call__(self, images: jax.Array, ids: jax.Array):
     img = l2n(self.encode_image(images))
@@ -222,3 +259,99 @@ class CLIPTeacher(nn.Module):
     n = tokens.shape[2]
     feats = l2n(tokens).reshape(self.num_layers, b, t * n, -1)
     return feats, attn.reshape(b, t, n)
+
+
+# ----------------------------------------------------------------------------- ViCLIP (InternVid), MSTA's backbone
+@dataclasses.dataclass(frozen=True)
+class ViCLIPConfig(CLIPConfig):
+  """CLIPConfig plus the video tower's frame count (the temporal table's length) and stochastic depth (ViCLIP
+  pretrains with 0.1; 0 for evaluation and MSTA). Text context 32 (`max_txt_l`). conv1's time kernel is 1, as in
+  every released model (the official forward cannot add its temporal table with another kernel)."""
+  context_length: int = 32
+  num_frames: int = 8
+  drop_path_rate: float = 0.0
+
+
+VICLIP_PRESETS: dict[str, ViCLIPConfig] = {
+    "ViCLIP-B/16": ViCLIPConfig(),
+    "ViCLIP-L/14": ViCLIPConfig(embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24,
+                                vision_heads=16, text_width=768, text_heads=12),
+    "tiny": ViCLIPConfig(**{**dataclasses.asdict(CLIP_PRESETS["tiny"]), "num_frames": 4, "text_width": 64}),
+}
+VICLIP_TEMP = 0.01  # ViCLIP's `temp` init and clamp floor: logits = cos / temp, i.e. a logit scale of 100
+
+
+class ViCLIPVision(nn.Module):
+  """ViCLIP's video tower (`clip_joint_b16` / `_l14`): CLIP's image tower over all frames' patch tokens at once.
+
+  __call__(video (B, T, H, W, 3), keep, deterministic, adapters) -> (B, E) = ln_post(CLS) @ proj. Frames are
+  normalised with ImageNet's mean / std (IMAGENET_MEAN / _STD), as ViCLIP trains and evaluates ("vit" encoders).
+  Patch tokens get the spatial table, then `temporal_positional_embedding[t]` (its mean over time when T = 1,
+  as the official code does); CLS gets class_embedding + positional_embedding[0] only. Token order after CLS is
+  the official (n, t): token 1 + n·T + t is patch n of frame t. `keep` (B, K) sorted
+  indices into the N·T patch tokens (e.g. masking.random_mask: ViCLIP's pretraining token masking) drops the
+  others. `adapters`: one per block (see Transformer). Params [torch: vision_encoder.*]: conv1 (1, p, p, 3, D)
+  [Conv3d (D, 3, 1, p, p)], class_embedding, positional_embedding (1 + N, D), temporal_positional_embedding
+  (1, T, D), ln_pre, transformer/resblocks_i, ln_post, proj (D, E).
+  """
+  cfg: ViCLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video: jax.Array, keep: jax.Array | None = None, deterministic: bool = True,
+               adapters: Sequence[Adapter | None] | None = None) -> jax.Array:
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    b, t, w, n = video.shape[0], video.shape[1], c.vision_width, c.grid ** 2
+    if video.shape[2:4] != (c.image_size, c.image_size) or t not in (1, c.num_frames):
+      raise ValueError(f"ViCLIP video tower built for {c.num_frames} frames (or 1) of {c.image_size}px got a "
+                       f"video of shape {video.shape} (B, T, H, W, C); import with --num_frames / --image_size")
+    x = patchify(video, 1, c.patch_size)  # (B, T·N, 1, p, p, 3), t-major
+    x = layers.Dense(w, axes=(None, None, None, None, "embed"), in_ndim=4, use_bias=False, name="conv1", **kw)(x)
+    scale = w ** -0.5
+    cls = layers.param_with_axes(self, "class_embedding", nn.initializers.normal(scale), (w,), ("embed",),
+                                 self.param_dtype)
+    pos = layers.param_with_axes(self, "positional_embedding", nn.initializers.normal(scale), (n + 1, w),
+                                 (None, "embed"), self.param_dtype).astype(self.dtype)
+    temporal = layers.param_with_axes(self, "temporal_positional_embedding", nn.initializers.zeros,
+                                      (1, c.num_frames, w), (None, None, "embed"), self.param_dtype)[0]
+    temporal = (temporal if t > 1 else temporal.mean(0, keepdims=True)).astype(self.dtype)
+    x = x.reshape(b, t, n, w) + pos[1:] + temporal[:, None]
+    x = x.transpose(0, 2, 1, 3).reshape(b, n * t, w)
+    if keep is not None:
+      x = jnp.take_along_axis(x, keep[..., None], axis=1)
+    cls = jnp.broadcast_to((cls.astype(self.dtype) + pos[0]), (b, 1, w))
+    x = layers.LayerNorm(c.norm_eps, name="ln_pre", **kw)(jnp.concatenate([cls, x], axis=1))
+    x, _, _ = Transformer(c.vision_layers, c.vision_heads, c.act, c.norm_eps, drop_path_rate=c.drop_path_rate,
+                          name="transformer", **kw)(x, deterministic=deterministic, adapters=adapters)
+    proj = layers.param_with_axes(self, "proj", nn.initializers.normal(scale), (w, c.embed_dim),
+                                  ("embed", "clip_embed"), self.param_dtype)
+    return layers.LayerNorm(c.norm_eps, name="ln_post", **kw)(x[:, 0]) @ proj.astype(self.dtype)
+
+
+class ViCLIP(nn.Module):
+  """ViCLIP (InternVid): `vision_encoder` (ViCLIPVision), `text_encoder` (CLIPText), `temp` (scalar, 0.01).
+
+  encode_video(video, keep, deterministic, adapters) -> (B, E); encode_text(ids, adapters) -> (B, E);
+  __call__(video, ids) -> (video_embed, text_embed, temp), embeddings L2-normalised; logits = cos / temp.
+  """
+  cfg: ViCLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.vision_encoder = ViCLIPVision(self.cfg, **kw)
+    self.text_encoder = CLIPText(self.cfg, **kw)
+    self.temp = layers.param_with_axes(self, "temp", nn.initializers.constant(VICLIP_TEMP), (), (),
+                                       self.param_dtype)
+
+  def encode_video(self, video: jax.Array, keep: jax.Array | None = None, deterministic: bool = True,
+                   adapters: Sequence[Adapter | None] | None = None) -> jax.Array:
+    return self.vision_encoder(video, keep, deterministic, adapters)
+
+  def encode_text(self, ids: jax.Array, adapters: Sequence[Adapter | None] | None = None) -> jax.Array:
+    return self.text_encoder(ids, adapters)
+
+  def __call__(self, video: jax.Array, ids: jax.Array, deterministic: bool = True):
+    return l2n(self.encode_video(video, deterministic=deterministic)), l2n(self.encode_text(ids)), self.temp

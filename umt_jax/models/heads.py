@@ -52,6 +52,9 @@ class UMTPretrain(nn.Module):
     enc = VisionTransformer(**{**self.encoder, "use_norm": True}, name="encoder", **kw)
     depth = enc.depth
     align = align and self.num_align_layers > 0  # downstream stage-2 models keep no decoders
+    if align and any(enc.merge_schedule):
+      raise ValueError(f"model.merge.schedule {list(enc.merge_schedule)}: merged tokens have no positions for the "
+                       "alignment decoders; merge only without them (align=False, e.g. retrieval evaluation)")
     return_layers = tuple(range(depth - self.num_align_layers, depth)) if align else ()
     x, feats = enc(video, visible_idx, return_layers, deterministic)
     aligned = None
@@ -64,7 +67,7 @@ class UMTPretrain(nn.Module):
     if not return_tokens:
       return aligned
     b, t = video.shape[0], enc.token_grid(video.shape)[0]
-    one_pool = visible_idx is not None or bool(enc.merge_schedule)  # merged tokens: one unweighted mean (vid-TLDR)
+    one_pool = visible_idx is not None or any(enc.merge_schedule)  # merged tokens: one unweighted mean (vid-TLDR)
     per_frame = x if one_pool else x.reshape(b, t, -1, x.shape[-1])
     pooled = per_frame.astype(jnp.float32).mean(axis=-2)
     pooled = pooled[:, None] if one_pool else pooled
@@ -107,6 +110,9 @@ class VideoMAEPretrain(nn.Module):
                deterministic: bool = True) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     enc = VisionTransformer(**{**self.encoder, "use_norm": True}, name="encoder", **kw)
+    if any(enc.merge_schedule):
+      raise ValueError(f"model.merge.schedule {list(enc.merge_schedule)}: the VideoMAE decoder needs each encoder "
+                       "token's position, which merged tokens do not have")
     x, _ = enc(video, visible_idx, (), deterministic)
     x = layers.Dense(self.decoder_dim, axes=("embed", "decoder_embed"), use_bias=False,
                      name="encoder_to_decoder", **kw)(x)
@@ -166,6 +172,8 @@ class VideoClassifier(nn.Module):
     pos_ref = ref_grid(self.encoder.get("patch_size", 16))
     x, _ = VisionTransformer(**{"linear_init": "trunc_normal", "pos_ref_grid": pos_ref, **self.encoder,
                                 "use_norm": False}, name="encoder", **kw)(video, None, (), deterministic)
+    # Under vid-TLDR merging this is the unweighted mean over the merged tokens, as the official downstream
+    # (retrieval) pooling is; a mass-weighted mean would re-count the merged tokens but not the dropped background.
     x = layers.LayerNorm(1e-6, name="fc_norm", **kw)(x.astype(jnp.float32).mean(axis=1))
     x = nn.Dropout(self.fc_drop_rate)(x, deterministic=deterministic)
     head_init = lambda key, shape, dtype=jnp.float32: layers.trunc_normal(0.02)(key, shape, dtype) * self.init_scale

@@ -103,15 +103,13 @@ class Block(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     rng = lambda: None if deterministic or self.drop_path == 0 else self.make_rng("dropout")
     h = layers.LayerNorm(1e-6, name="norm1", **kw)(x)
-    bias = merging.size_bias(size)
-    if self.merge_r:
-      y, log_attn = merging.MergeAttention(self.num_heads, self.kernel_init, name="attn", **kw)(h, bias)
-    else:
-      y = layers.Attention(self.num_heads, layout="beit", kernel_init=self.kernel_init, attn_impl=self.attn_impl,
-                           name="attn", **kw)(h, bias)
+    want_attn = bool(self.merge_r) and self.merge_saliency  # head-mean probs for the saliency, fp32
+    y = layers.Attention(self.num_heads, layout="beit", kernel_init=self.kernel_init, attn_impl=self.attn_impl,
+                         return_attn="mean" if want_attn else None, name="attn", **kw)(h, merging.size_bias(size))
+    y, attn = y if want_attn else (y, None)
     x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
-    if self.merge_r:
-      score = merging.saliency(log_attn) if self.merge_saliency else None
+    if self.merge_r:  # the official hook: after the attention residual, before the MLP
+      score = None if attn is None else merging.saliency(jax.lax.stop_gradient(attn))
       x, size = merging.bipartite_merge(x, size, self.merge_r, score)
     y = layers.Mlp(self.mlp_dim, kernel_init=self.kernel_init, name="mlp", **kw)(
         layers.LayerNorm(1e-6, name="norm2", **kw)(x))

@@ -1,9 +1,10 @@
 """Fine-tuning for classification: a stage-1 student (or a random init) -> mean pool -> fc_norm -> head.
 
 Recipe pieces from the official fine-tuning: layer-wise lr decay (patch_embed -> 0, blocks.i -> i+1, head ->
-depth+1), no weight decay on 1-D params and position tables, drop path, Mixup/CutMix with label smoothing and a
-soft-target cross entropy, and evaluation that averages softmax over clips × crops, reporting top-1/top-5 (and
-top-1 per temporal / appearance class group when the data marks them).
+depth+1), no weight decay on 1-D params and position tables, drop path, repeated augmentation (`data.num_sample`
+views of each clip folded into the batch), Mixup/CutMix with label smoothing and a soft-target cross entropy,
+and evaluation that averages softmax over clips × crops, reporting top-1/top-5 (and top-1 per temporal /
+appearance class group when the data marks them).
 
 Init: `init_from.workdir` (a stage-1 workdir: its encoder) or `init_from.params` (a params file: a classifier
 gives everything when its class count matches, or when `init_from.label_map` picks its head rows, else all but
@@ -49,15 +50,25 @@ def model_task(config: ml_collections.ConfigDict, num_classes: int, pos_param: b
 
   def loss(params, batch, rng, _):
     k_mix, k_drop = jax.random.split(rng)
-    video, targets = mixup.mix(k_mix, ip.normalize(batch["video"], jnp.float32), batch["label"], num_classes,
-                               m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob, m.label_smoothing)
+    video, targets = training_clips(k_mix, batch, num_classes, m)
     logits = model.apply({"params": params}, video.astype(dtype), deterministic=False, rngs={"dropout": k_drop})
     return mixup.soft_cross_entropy(logits, targets), {}
 
   enc = model.encoder
-  step_flops = flops.finetune_step(config.batch_size, config.data.num_frames, s // enc["patch_size"], enc,
-                                   num_classes, config.model.tubelet_size)
+  step_flops = flops.finetune_step(config.batch_size * config.data.num_sample, config.data.num_frames,
+                                   s // enc["patch_size"], enc, num_classes, config.model.tubelet_size)
   return Task(init=init, loss=loss, flops_per_step=step_flops, depth=enc.get("depth", 12))
+
+
+def training_clips(key: jax.Array, batch: dict, num_classes: int, m: ml_collections.ConfigDict
+                   ) -> tuple[jax.Array, jax.Array]:
+  """A training batch -> (video (B·num_sample, T, S, S, 3) normalised fp32, Mixup/CutMix-mixed by `m`
+  (config.mixup); soft targets (B·num_sample, num_classes)). Repeated views (B, num_sample, T, S, S, 3) are
+  folded into the batch clip by clip, each with its clip's label (the official `multiple_samples_collate`)."""
+  video = batch["video"].reshape((-1,) + batch["video"].shape[-4:])
+  labels = jnp.repeat(batch["label"], video.shape[0] // batch["label"].shape[0])
+  return mixup.mix(key, ip.normalize(video, jnp.float32), labels, num_classes, m.mixup_alpha, m.cutmix_alpha,
+                   m.prob, m.switch_prob, m.label_smoothing)
 
 
 def read_label_map(path: str, num_classes: int, old_classes: int) -> np.ndarray:
@@ -198,11 +209,16 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, task: Task, d
   return Result(0, params, [], eval=ev)
 
 
+def export_meta(config: ml_collections.ConfigDict, task: Task) -> dict:
+  """params.npz metadata of the trained classifier (kind 'classifier'; an imported position table kept)."""
+  meta = config_lib.student_export_meta(config, "classifier")
+  if config.init_from.params and "pos_embed" in jax.eval_shape(task.init, jax.random.key(0))["encoder"]:
+    meta["encoder"]["pos_param"] = True
+  return meta
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
   task = make_task(config, devices)
   if config.mode == "eval":
     return evaluate_only(config, workdir, task, devices)
-  meta = config_lib.student_export_meta(config, "classifier")
-  if config.init_from.params and "pos_embed" in jax.eval_shape(task.init, jax.random.key(0))["encoder"]:
-    meta["encoder"]["pos_param"] = True
-  return run_and_save(config, workdir, task, meta, devices)
+  return run_and_save(config, workdir, task, export_meta(config, task), devices)

@@ -1,0 +1,180 @@
+"""vid-TLDR / ToMe token merging: FLOPs, inference throughput and accuracy, side by side in one run.
+
+  python -m benchmarks.merging --workdir /tmp/umt_demo --batch_sizes 1,8,32 --runs 5
+
+(i) a B/16-sized classifier with random weights (8 frames at 224², 400 classes): analytic GFLOP per clip and
+clips/s of the jitted forward without merging, with vid-TLDR and with ToMe (same schedule, so same FLOPs);
+(ii) with --workdir, the demo's fine-tuned classifier (<workdir>/finetune/params.npz, the demo's data): the same
+plus top-1 on the demo's test split. Its schedule is found by umt_jax.tools.merge_schedule (FLOPs cut ≥ --cut)
+on --search_split (default the train split, so the test split is not used to choose it); ToMe is reported
+with that schedule and with its own best searched schedule. B/16's schedule is the `decreasing` family from
+block 0 (r, r/2, r/4) with the smallest r meeting --cut, unless --schedule names one.
+
+Timing: every model is compiled (and run) and run once more before timing; then the models take turns, each
+timing one forward (or as many back-to-back as take ≥ 0.2 s, for small models), `--runs` times (so load
+changes on a shared machine hit all of them alike), and the median is reported.
+--png writes the merge map of a few demo clips (merge_map.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from umt_jax import flops, input_pipeline as ip
+from umt_jax.models import vit
+from umt_jax.models.heads import VideoClassifier
+from umt_jax.tools import merge_schedule as ms
+
+
+def methods(enc: dict, schedule) -> dict:
+  """name -> encoder kwargs: no merging, vid-TLDR and ToMe with `schedule`."""
+  return {"none": enc, "vid-TLDR": {**enc, "merge_schedule": tuple(schedule), "merge_saliency": True},
+          "ToMe": {**enc, "merge_schedule": tuple(schedule), "merge_saliency": False}}
+
+
+def throughput(encs: dict, params, num_classes: int, frames: int, size: int, batch: int, runs: int) -> dict:
+  """name -> median clips/s of the jitted forward on a random (batch, frames, size, size, 3) input."""
+  video = jax.random.normal(jax.random.key(1), (batch, frames, size, size, 3), jnp.float32)
+  fns, reps = {}, {}
+  for name, enc in encs.items():
+    model = VideoClassifier(encoder=enc, num_classes=num_classes)
+    fn = fns[name] = jax.jit(lambda p, v, m=model: m.apply({"params": p}, v))
+    fn(params, video).block_until_ready()  # compile (and a first run)
+    t0 = time.perf_counter()
+    fn(params, video).block_until_ready()  # warm run
+    reps[name] = max(1, int(0.2 / (time.perf_counter() - t0)))  # calls per timing, for ≥ 0.2 s each
+  times = {name: [] for name in fns}
+  for _ in range(runs):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      for _ in range(reps[name]):
+        out = fn(params, video)
+      out.block_until_ready()
+      times[name].append((time.perf_counter() - t0) / reps[name])
+  return {name: batch / statistics.median(t) for name, t in times.items()}
+
+
+def gflops(enc: dict, frames: int, grid: int, num_classes: int, tubelet: int = 1) -> float:
+  return flops.classifier_forward(frames // tubelet * grid * grid, enc, num_classes, tubelet) / 1e9
+
+
+def table(rows: list[dict], batch_sizes: list[int]) -> str:
+  head = (["model", "merging", "schedule", "GFLOP/clip", "FLOPs cut"] + [f"clips/s b={b}" for b in batch_sizes]
+          + ["speed-up (largest b)", "top-1"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    cells = [r["model"], r["merging"], ",".join(map(str, r["schedule"])) or "-", f"{r['gflops']:.4g}",
+             f"{100 * r['cut']:.1f}%"] + [f"{r['clips_s'][b]:.3g}" if b in r["clips_s"] else "-" for b in batch_sizes]
+    cells += [f"{r['speedup']:.2f}x" if "speedup" in r else "-", f"{r['top1']:.1f}" if "top1" in r else "-"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def measure(label: str, encs: dict, params, num_classes: int, frames: int, size: int, batch_sizes, runs: int,
+            log) -> list[dict]:
+  """One row per method: FLOPs, clips/s per batch size, speed-up over `none` at the largest batch."""
+  enc0 = encs["none"]
+  grid, tubelet = size // enc0["patch_size"], enc0.get("tubelet_size", 1)
+  rows = {name: {"model": label, "merging": name, "schedule": list(enc.get("merge_schedule", ())),
+                 "gflops": gflops(enc, frames, grid, num_classes, tubelet),
+                 "cut": ms.flops_cut(enc, frames, grid, num_classes, tubelet), "clips_s": {}}
+          for name, enc in encs.items()}
+  for b in batch_sizes:
+    got = throughput(encs, params, num_classes, frames, size, b, runs)
+    for name, v in got.items():
+      rows[name]["clips_s"][b] = v
+    log(f"{label} batch {b}: " + ", ".join(f"{k} {v:.2f} clips/s" for k, v in got.items()))
+  for r in rows.values():
+    r["speedup"] = r["clips_s"][batch_sizes[-1]] / rows["none"]["clips_s"][batch_sizes[-1]]
+  return list(rows.values())
+
+
+def b16_rows(args, log) -> list[dict]:
+  enc = vit.vit_kwargs("B", linear_init="trunc_normal")
+  frames, size, classes = 8, 224, 400
+  grid = size // 16
+  schedule = [int(r) for r in args.schedule.split(",")] if args.schedule else \
+      ms.candidates(enc, frames, grid, classes, args.cut, ("decreasing",))[0]
+  model = VideoClassifier(encoder=enc, num_classes=classes)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, frames, size, size, 3)))["params"]
+  return measure("B/16 random, 8×224²", methods(enc, schedule), params, classes, frames, size,
+                 args.b16_batch_sizes or args.batch_sizes, args.runs, log)
+
+
+def demo_rows(args, log) -> list[dict]:
+  ft = os.path.join(args.workdir, "finetune")
+  params, enc, classes, meta = ms.load_classifier(os.path.join(ft, "params.npz"))
+  with open(os.path.join(ft, "config.json")) as f:
+    data_cfg = json.load(f)["data"]
+  data = os.path.join(args.workdir, "data")
+  spec = ms.clip_spec(data_cfg, meta)
+  search_src = ip.Source(data, args.search_split, clip=spec)
+  test_src = ip.Source(data, data_cfg["eval_split"], clip=spec)
+  found = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=True, log=log)
+  tome = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=False, log=log)
+  schedule = found["best"]["schedule"]
+  label = f"demo classifier ({data_cfg['num_frames']}×{data_cfg['size']}², {enc['embed_dim']}-wide, " \
+          f"depth {enc['depth']})"
+  rows = measure(label, methods(enc, schedule), params, classes, spec.num_frames, spec.size, args.batch_sizes,
+                 args.runs, log)
+  best_tome = {**enc, "merge_schedule": tuple(tome["best"]["schedule"]), "merge_saliency": False}
+  grid = spec.size // enc["patch_size"]
+  rows.append({"model": label, "merging": "ToMe, own best schedule", "schedule": tome["best"]["schedule"],
+               "gflops": gflops(best_tome, spec.num_frames, grid, classes),
+               "cut": ms.flops_cut(best_tome, spec.num_frames, grid, classes), "clips_s": {}})
+  for r in rows:
+    sal = r["merging"] == "vid-TLDR"
+    m = ms.evaluate(params, enc, classes, test_src, args.eval_batch, r["schedule"], sal)
+    r.update(top1=float(m["top1"]), top1_temporal=float(m.get("top1_temporal", np.nan)),
+             top1_appearance=float(m.get("top1_appearance", np.nan)))
+    log(f"{r['merging']} {r['schedule']}: test top-1 {r['top1']:.2f}")
+  if args.png:
+    from benchmarks import merge_map
+    merge_map.save(params, enc, classes, test_src, schedule, args.png)
+    log(f"wrote {args.png}")
+  return rows
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--workdir", default="", help="the demo's workdir (python -m umt_jax.demo)")
+  ap.add_argument("--batch_sizes", default="1,8,32")
+  ap.add_argument("--b16_batch_sizes", default="", help="B/16's batch sizes, if not --batch_sizes")
+  ap.add_argument("--runs", type=int, default=5)
+  ap.add_argument("--cut", type=float, default=0.4, help="target FLOPs cut of the schedules")
+  ap.add_argument("--schedule", default="", help="B/16's schedule, e.g. 400,200,100 (default: searched)")
+  ap.add_argument("--search_split", default="train")
+  ap.add_argument("--eval_batch", type=int, default=50)
+  ap.add_argument("--skip_b16", action="store_true")
+  ap.add_argument("--png", default="", help="merge map of demo clips (default <workdir>/merge_map.png)")
+  ap.add_argument("--out", default="", help="also write the rows as JSON")
+  args = ap.parse_args(argv)
+  args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+  args.b16_batch_sizes = [int(b) for b in args.b16_batch_sizes.split(",")] if args.b16_batch_sizes else None
+  if args.workdir and not args.png:
+    args.png = os.path.join(args.workdir, "merge_map.png")
+  log = lambda s: print(s, file=sys.stderr, flush=True)
+  t0 = time.time()
+  rows = [] if args.skip_b16 else b16_rows(args, log)
+  if args.workdir:
+    rows += demo_rows(args, log)
+  sizes = sorted({b for r in rows for b in r["clips_s"]})
+  text = (f"token merging, {jax.devices()[0].device_kind} ({os.cpu_count()} cores), median of {args.runs}, "
+          f"{time.time() - t0:.0f} s\n\n" + table(rows, sizes))
+  print(text)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"rows": rows, "table": text}, f, indent=1, default=str)
+  return {"rows": rows, "table": text}
+
+
+if __name__ == "__main__":
+  main()
