@@ -153,23 +153,31 @@ def attention_impl(requested: str | None, dtype: Dtype, head_dim: int) -> str | 
   return "cudnn" if ok else "xla"
 
 
-def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, scale: float,
-                  causal: bool = False, impl: str | None = None) -> jax.Array:
-  """q (B, L, H, Dh), k/v (B, S, H, Dh), bias broadcastable to (B, H, L, S) -> (B, L, H, Dh).
-
-  'cudnn': `jax.nn.dot_product_attention`'s flash kernel. Otherwise the official computation written out:
-  softmax((q·scale) kᵀ + bias) v with fp32 logits and softmax, which XLA:CPU runs ~10% faster (fwd + bwd of
-  a ViT-S stack) than `jax.nn.dot_product_attention`'s XLA path (a grouped-query vmap, the scale applied to the
-  B·H·L·S logits)."""
-  if impl == "cudnn":
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=causal, implementation="cudnn")
+def attention_logits(q: jax.Array, k: jax.Array, bias: jax.Array | None, scale: float,
+                     causal: bool = False) -> jax.Array:
+  """q (B, L, H, Dh), k (B, S, H, Dh), bias broadcastable to (B, H, L, S) -> (q·scale) kᵀ + bias, fp32
+  (B, H, L, S)."""
   logits = jnp.einsum("blhd,bshd->bhls", q * jnp.asarray(scale, q.dtype), k, preferred_element_type=jnp.float32)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if causal:  # the value jax.nn.dot_product_attention uses for masked logits
     keep = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
     logits = jnp.where(keep, logits, -0.7 * float(jnp.finfo(jnp.float32).max))
-  probs = jax.nn.softmax(logits, axis=-1)
+  return logits
+
+
+def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, scale: float,
+                  causal: bool = False, impl: str | None = None, probs: jax.Array | None = None) -> jax.Array:
+  """q (B, L, H, Dh), k/v (B, S, H, Dh), bias broadcastable to (B, H, L, S) -> (B, L, H, Dh).
+
+  'cudnn': `jax.nn.dot_product_attention`'s flash kernel. Otherwise the official computation written out:
+  softmax((q·scale) kᵀ + bias) v with fp32 logits and softmax, which XLA:CPU runs ~10% faster (fwd + bwd of
+  a ViT-S stack) than `jax.nn.dot_product_attention`'s XLA path (a grouped-query vmap, the scale applied to the
+  B·H·L·S logits). `probs`: those probabilities, when the caller has them already."""
+  if impl == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=causal, implementation="cudnn")
+  if probs is None:
+    probs = jax.nn.softmax(attention_logits(q, k, bias, scale, causal), axis=-1)
   return jnp.einsum("bhls,bshd->blhd", probs.astype(v.dtype), v)
 
 
@@ -226,12 +234,12 @@ class Attention(nn.Module):
     if self.return_attn == "mean":
       if self.causal:
         raise ValueError("return_attn='mean' is for bidirectional attention (causal=True given)")
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+      logits = attention_logits(q, k, None, scale)
       probs = jax.nn.softmax(logits, axis=-1)
       attn = probs.mean(axis=1)
       if bias is not None:
         probs = jax.nn.softmax(logits + bias, axis=-1)
-      out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+      out = dot_attention(q, k, v, bias, scale, probs=probs)
     else:
       out = dot_attention(q, k, v, bias, scale, self.causal, attention_impl(self.attn_impl, q.dtype, dh))
     y = Dense(d, axes=("heads", "kv", "embed"), in_ndim=2, kernel_init=self.kernel_init, name=out_name,
