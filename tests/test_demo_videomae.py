@@ -12,7 +12,7 @@ import pytest
 
 from data import synthetic
 from tests.helpers import load_init, subprocess_env, tree_equal
-from umt_jax import demo, params_io
+from umt_jax import config_lib, demo, params_io
 from umt_jax.trainers import finetune, videomae_pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,10 +28,7 @@ def recipe(name: str, arg: str, **kw):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config(arg)
-  for k, v in {**TINY, **kw}.items():
-    section, _, key = k.rpartition(".")
-    (c[section] if section else c)[key] = v
-  return c
+  return config_lib.override(c, {**TINY, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import pytest
 from data import synthetic
 from tests.helpers import count
 from umt_jax import config_lib, input_pipeline as ip, losses, params_io, train_loop
-from umt_jax.models.heads import VideoClassifier
 from umt_jax.trainers import distill, finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,10 +29,7 @@ def tiny(trainer: str, data: str, **kw):
   c.update(batch_size=8, total_steps=2, log_every=1, min_fsdp_size=0)
   c.optim.update(lr=1e-3, warmup_epochs=0.0, scale_lr_by_batch=False)
   c.checkpoint.update(every=100, **{"async": False})
-  for k, v in kw.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
-  return c
+  return config_lib.override(c, kw)
 
 
 def save_classifier(path: str, c, num_classes: int, seed: int = 0, head_std: float = 0.0, **meta_encoder) -> str:

@@ -250,10 +250,7 @@ def tiny(setup, **kw):
   c.optim.update(lr=1e-2, min_lr=1e-2, warmup_epochs=0.0, scale_lr_by_batch=False, weight_decay=0.001, b2=0.999)
   c.checkpoint.update(every=2, **{"async": False})
   c.msta.update(clip=setup["clip"], pixel_norm="imagenet", start=1, end=2, dim=16)
-  for k, v in kw.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
-  return c
+  return config_lib.override(c, kw)
 
 
 def test_few_shot_trains_adapters_only_and_resumes_exactly(setup, tmp_path, monkeypatch, capsys):

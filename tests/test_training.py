@@ -17,7 +17,7 @@ import pytest
 
 from data import synthetic
 from tests.helpers import subprocess_env
-from umt_jax import checkpoint, main as umt_main, params_io, sharding, train_loop
+from umt_jax import checkpoint, config_lib, main as umt_main, params_io, sharding, train_loop
 from umt_jax.models.clip import CLIPConfig, CLIPVision
 from umt_jax.convert.clip_import import load_teacher
 from umt_jax.trainers import clip_pretrain, finetune, umt_pretrain
@@ -50,10 +50,7 @@ def tiny(stage: str, data: str, **kw):
   c.checkpoint.update(every=100, **{"async": False})
   if stage == "umt":
     c.teacher.update(align_layers=2)
-  for k, v in kw.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
-  return c
+  return config_lib.override(c, kw)
 
 
 def umt_main_config(stage: str):

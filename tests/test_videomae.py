@@ -32,10 +32,7 @@ def tiny(data: str = "", **kw):
   c.videomae.update(mask_ratio=0.75, decoder_dim=16, decoder_depth=1, decoder_heads=2)
   c.optim.update(lr=0.1, warmup_epochs=0.0, min_lr=0.0)  # 3e-3 at 8 clips
   c.checkpoint.update(every=100, **{"async": False})
-  for k, v in kw.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
-  return c
+  return config_lib.override(c, kw)
 
 
 @pytest.fixture(scope="module")

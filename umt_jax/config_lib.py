@@ -5,6 +5,8 @@ naming a field that does not exist (`--config.optim.lr_typo=1`) fails instead of
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import ml_collections
 
 from umt_jax import input_pipeline as ip
@@ -116,6 +118,14 @@ def base(trainer: str) -> ml_collections.ConfigDict:
         description_name="", num_descriptions=2, protocol="supervised", shots=0, split_seed=0, base_classes="",
         eval_path="", eval_split=""))
   return c
+
+
+def override(config: ml_collections.ConfigDict, updates: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted keys ('total_steps', 'init_from.workdir') of `config` in place; returns it."""
+  for key, value in updates.items():
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+  return config
 
 
 def student_kwargs(model: ml_collections.ConfigDict) -> dict:

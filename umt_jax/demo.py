@@ -59,9 +59,7 @@ def run_stage(stage: str, workdir: str, **updates) -> dict:
     with open(done) as f:
       return json.load(f)
   c = demo_config(stage, workdir)
-  for key, value in updates.items():
-    section, _, name = key.rpartition(".")
-    (c[section] if section else c)[name] = value
+  config_lib.override(c, updates)
   c.lock()
   t0 = time.time()
   result = umt_main.run(c, out)
