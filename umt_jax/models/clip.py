@@ -136,7 +136,7 @@ class Transformer(nn.Module):
 class CLIPVision(nn.Module):
   """OpenAI CLIP image tower.
 
-  __call__(images (B, H, W, 3) normalised, return_layers, return_cls_attn) ->
+  __call__(images (B, H, W, 3) normalised, return_layers, return_cls_attn, adapters per block or None) ->
     embed (B, E) = ln_post(CLS) @ proj,
     tokens (K, B, N, E) = ln_post(patch tokens of `return_layers`) @ proj (not normalised), or None,
     cls_attn (B, N): last block's head-averaged CLS→patch attention (not renormalised), or None.
@@ -146,7 +146,8 @@ class CLIPVision(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, return_layers: Sequence[int] = (), return_cls_attn: bool = False):
+  def __call__(self, images: jax.Array, return_layers: Sequence[int] = (), return_cls_attn: bool = False,
+               adapters: Sequence[Adapter | None] | None = None):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     w = c.vision_width
     if images.shape[1:3] != (c.image_size, c.image_size):
@@ -162,7 +163,7 @@ class CLIPVision(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, w)), x], axis=1)
     x = layers.LayerNorm(c.norm_eps, name="ln_pre", **kw)(x + pos.astype(self.dtype))
     x, stacked, attn = Transformer(c.vision_layers, c.vision_heads, c.act, c.norm_eps, name="transformer", **kw)(
-        x, return_layers, return_cls_attn)
+        x, return_layers, return_cls_attn, adapters=adapters)
     ln_post = layers.LayerNorm(c.norm_eps, name="ln_post", **kw)
     proj = layers.param_with_axes(self, "proj", nn.initializers.normal(scale), (w, c.embed_dim),
                                   ("embed", "clip_embed"), self.param_dtype).astype(self.dtype)
@@ -206,16 +207,17 @@ class CLIPText(nn.Module):
 
 
 class CLIP(CLIPText):
-  """Full CLIP: the text tower's params at the top level, `visual`, `logit_scale`. encode_image(images) -> (B, E);
-  encode_text(ids) -> (B, E); __call__(images, ids) -> (image_embed, text_embed, logit_scale), L2-normalised."""
+  """Full CLIP: the text tower's params at the top level, `visual`, `logit_scale`. encode_image(images, adapters)
+  -> (B, E); encode_text(ids, adapters) -> (B, E); __call__(images, ids) -> (image_embed, text_embed,
+  logit_scale), embeddings L2-normalised."""
 
   def setup(self):
     super().setup()
     self.visual = CLIPVision(self.cfg, dtype=self.dtype, param_dtype=self.param_dtype)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)), (), self.param_dtype)
 
-  def encode_image(self, images: jax.Array) -> jax.Array:
-    return self.visual(images)[0]
+  def encode_image(self, images: jax.Array, adapters: Sequence[Adapter | None] | None = None) -> jax.Array:
+    return self.visual(images, adapters=adapters)[0]
 
   def __call__(self, images: jax.Array, ids: jax.Array):
     img = l2n(self.encode_image(images))

@@ -1,27 +1,25 @@
 """MSTA's adapted video-language model: a frozen CLIP (umt_jax/models/clip.py, both towers) with the adapters of
 umt_jax/models/adapters.py in blocks k..L of both towers.
 
-clip.py is not changed: its towers run as they are, and `nn.intercept_methods` adds the adapter branch to the
-output of every adapted `ResidualAttentionBlock` (MMA's `ModifiedResidualAttentionBlock`):
-  x_out = block(x) + grad_scale(λ · A_j(LN1(grad_scale(x, λ))), 1/λ),
-with LN1 = that block's own (frozen) `ln_1`. The frozen CLIP params and the adapter params are separate trees, so
-the train step differentiates the adapters only and takes the towers as a frozen argument.
+The towers take one `adapter` callable per block (clip.Transformer's hook, MMA's `ModifiedResidualAttentionBlock`):
+block j adds, after attention and MLP, grad_scale(λ · A_j(grad_scale(z, λ)), 1/λ) with z = its own (frozen)
+LN1 of the block input. Scaling z's cotangent equals MMA's scaling of x's before LN1 (the vjp is linear; LN1's
+params are frozen). The frozen CLIP params and the adapter params are separate trees, so the train step
+differentiates the adapters only and takes the towers as a frozen argument.
 
 Backbones (`msta.backbone`): 'clip_frames' (a `CLIP`) runs the image tower on every frame (tokens (B·T, 1+N, C);
 the temporal adapter convolves each token position over the T frames) and averages the T frame embeddings
 (ViFi-CLIP's video embedding), logits scaled by exp(logit_scale); 'viclip' (a `ViCLIP`, MSTA's backbone) attends
-jointly over (B, 1+N·T, C) tokens (adapter layout 'joint'), logits scaled by 1/temp. clip.py's blocks also take
-an `adapter` callable now; the interceptor is kept because CLIP's image tower does not pass one through.
+jointly over (B, 1+N·T, C) tokens (adapter layout 'joint'), logits scaled by 1/temp.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from umt_jax.models import clip, layers
+from umt_jax.models import clip
 from umt_jax.models.adapters import AdapterConfig, Adapters, grad_scale
 
 BACKBONES = ("clip_frames", "viclip")
@@ -66,46 +64,37 @@ class MSTAModel:
     return jax.eval_shape(lambda: self.clip.init(jax.random.key(0), jnp.zeros(frames + (c.image_size,) * 2 + (3,)),
                                                  jnp.zeros((1, c.context_length), jnp.int32)))["params"]
 
-  def _interceptor(self, adapter_params: Any):
-    bound = self.adapters.bind({"params": adapter_params})
-    scale = self.adapter_cfg.scale
-
-    def intercept(next_fun, args, kwargs, context):
-      mod = context.module
-      if context.method_name != "__call__" or not isinstance(mod, clip.ResidualAttentionBlock):
-        return next_fun(*args, **kwargs)
-      block = int(mod.name.rsplit("_", 1)[1])
-      if block not in self.blocks:
-        return next_fun(*args, **kwargs)
-      x = args[0]
-      y, attn = next_fun(*args, **kwargs)
-      ln_1 = layers.LayerNorm(mod.norm_eps, dtype=mod.dtype, param_dtype=mod.param_dtype)
-      z = ln_1.apply({"params": mod.variables["params"]["ln_1"]}, grad_scale(x, scale))
-      video = mod.path[0] in ("visual", "vision_encoder")
-      a = bound.video(block, z, self.num_frames, self.layout) if video else bound.text(block, z)
-      return y + grad_scale(scale * a, 1.0 / scale).astype(y.dtype), attn
-
-    return intercept
-
-  def _run(self, clip_params: Any, adapter_params: Any | None, method: str, x: jax.Array) -> jax.Array:
-    apply = lambda: self.clip.apply({"params": clip_params}, x, method=method)
+  def _hooks(self, adapter_params: Any | None, tower: str) -> list | None:
+    """One clip.Adapter per block of `tower` ('video' | 'text'; None where the block is not adapted), or None."""
     if adapter_params is None:
-      return apply()
-    with nn.intercept_methods(self._interceptor(adapter_params)):
-      return apply()
+      return None
+    bound, lam = self.adapters.bind({"params": adapter_params}), self.adapter_cfg.scale
+    depth = self.cfg.vision_layers if tower == "video" else self.cfg.text_layers
+
+    def hook(block: int) -> clip.Adapter:
+      def branch(z: jax.Array) -> jax.Array:
+        z = grad_scale(z, lam)
+        a = bound.video(block, z, self.num_frames, self.layout) if tower == "video" else bound.text(block, z)
+        return grad_scale(lam * a, 1.0 / lam)
+      return branch
+
+    return [hook(j) if j in self.blocks else None for j in range(depth)]
 
   def video_embed(self, clip_params: Any, adapter_params: Any | None, video: jax.Array) -> jax.Array:
     b, t = video.shape[:2]
     if t != self.num_frames:
       raise ValueError(f"MSTAModel built for {self.num_frames} frames got a video of shape {video.shape}")
+    hooks = self._hooks(adapter_params, "video")
     if self.layout == "joint":
-      return clip.l2n(self._run(clip_params, adapter_params, "encode_video", video.astype(self.dtype)))
+      return clip.l2n(self.clip.apply({"params": clip_params}, video.astype(self.dtype), adapters=hooks,
+                                      method="encode_video"))
     frames = video.reshape((b * t,) + video.shape[2:]).astype(self.dtype)
-    emb = self._run(clip_params, adapter_params, "encode_image", frames)
+    emb = self.clip.apply({"params": clip_params}, frames, adapters=hooks, method="encode_image")
     return clip.l2n(emb.reshape(b, t, -1).astype(jnp.float32).mean(axis=1))
 
   def text_embed(self, clip_params: Any, adapter_params: Any | None, ids: jax.Array) -> jax.Array:
-    return clip.l2n(self._run(clip_params, adapter_params, "encode_text", ids))
+    return clip.l2n(self.clip.apply({"params": clip_params}, ids, adapters=self._hooks(adapter_params, "text"),
+                                    method="encode_text"))
 
   def logits(self, clip_params: Any, video_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
     """Cosine similarities (B, C) times the (frozen) logit scale: CLIP's exp(logit_scale), ViCLIP's 1 / temp."""
