@@ -309,6 +309,25 @@ def test_base_to_novel_and_zero_shot(setup, tmp_path):
     msta.make_task(tiny(setup, **{"msta.clip": bad}))
 
 
+def test_full_fine_tuning_of_the_video_tower(setup, tmp_path):
+  """The baseline MSTA is compared with: the CLIP's video tower is the params (starting from the file), the text
+  tower stays frozen and outside the optimizer; L_CC would be a constant, so it is refused."""
+  c = tiny(setup, total_steps=2, **{"msta.protocol": "few_shot", "msta.shots": 2, "msta.trainable": "video_tower",
+                                    "msta.cc_weight": 0.0})
+  task, export = msta.make_task(c)
+  want, _ = params_io.load_params(setup["clip"])
+  assert "visual" not in task.extra["clip"] and export["kind"] == "msta_video_tower"
+  assert export["trainable_params"] == count(want["visual"])
+  result = msta.train(c, str(tmp_path / "ft"))
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), result.params, want["visual"])
+  assert sum(jax.tree.leaves(changed)) > len(jax.tree.leaves(changed)) // 2  # trained from the file's weights
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), task.extra["clip"],
+               {k: v for k, v in want.items() if k != "visual"})
+  assert set(result.eval) >= {"top1"}
+  with pytest.raises(ValueError, match="L_CC is a constant"):
+    msta.make_task(tiny(setup, **{"msta.protocol": "few_shot", "msta.shots": 2, "msta.trainable": "video_tower"}))
+
+
 def test_recipes():
   for arg in ("few_shot,hmdb", "base_to_novel,k400", "zero_shot,k400", "supervised,k400"):
     c = msta_recipes.get_config(arg)

@@ -112,11 +112,12 @@ def base(trainer: str) -> ml_collections.ConfigDict:
     # temporal up-projection form; cc_weight α of the consistency loss over the descriptions
     # {num_descriptions}_{s|t}_description_{description_name}.json in `descriptions` ('' on the synthetic set: its
     # own); protocol supervised | few_shot | base_to_novel | zero_shot (eval_path / eval_split: the other dataset).
+    # trainable adapters | video_tower (full fine-tuning of the video tower: the baseline, no adapters).
     c.msta = ml_collections.ConfigDict(dict(
         backbone="clip_frames", clip="", tokenizer="", pixel_norm="auto", start=8, end=12, dim=128, scale=0.005,
         temporal="depthwise", kernel=3, template="a video of {}", cc_weight=1.0, descriptions="",
         description_name="", num_descriptions=2, protocol="supervised", shots=0, split_seed=0, base_classes="",
-        eval_path="", eval_split=""))
+        eval_path="", eval_split="", trainable="adapters"))
   return c
 
 

@@ -57,12 +57,24 @@ class MSTAModel:
     text = jnp.zeros((1, c.context_length, c.text_width), self.dtype)
     return self.adapters.init(rng, video, text, self.num_frames)["params"]
 
-  def abstract_clip(self) -> Any:
-    """The frozen CLIP's boxed params as ShapeDtypeStructs (for shardings and shape checks)."""
+  def _init_clip(self, rng: jax.Array) -> Any:
     c = self.cfg
     frames = (1, self.num_frames) if self.layout == "joint" else (1,)
-    return jax.eval_shape(lambda: self.clip.init(jax.random.key(0), jnp.zeros(frames + (c.image_size,) * 2 + (3,)),
-                                                 jnp.zeros((1, c.context_length), jnp.int32)))["params"]
+    return self.clip.init(rng, jnp.zeros(frames + (c.image_size,) * 2 + (3,)),
+                          jnp.zeros((1, c.context_length), jnp.int32))["params"]
+
+  def abstract_clip(self) -> Any:
+    """The frozen CLIP's boxed params as ShapeDtypeStructs (for shardings and shape checks)."""
+    return jax.eval_shape(self._init_clip, jax.random.key(0))
+
+  @property
+  def video_tower(self) -> str:
+    """The key of the video tower's params in the CLIP tree ('visual' / ViCLIP's 'vision_encoder')."""
+    return "vision_encoder" if self.layout == "joint" else "visual"
+
+  def init_video_tower(self, rng: jax.Array) -> Any:
+    """Boxed random params of the video tower alone (full fine-tuning, the baseline MSTA is compared with)."""
+    return self._init_clip(rng)[self.video_tower]
 
   def _hooks(self, adapter_params: Any | None, tower: str) -> list | None:
     """One clip.Adapter per block of `tower` ('video' | 'text'; None where the block is not adapted), or None."""

@@ -44,6 +44,7 @@ from umt_jax.tokenizer import WordTokenizer
 from umt_jax.train_loop import Task, run_and_save, setup_mesh
 
 PROTOCOLS = ("supervised", "few_shot", "base_to_novel", "zero_shot")
+TRAINABLE = ("adapters", "video_tower")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -154,16 +155,28 @@ def pixel_norm(m: ml_collections.ConfigDict) -> str:
   return ("imagenet" if m.backbone == "viclip" else "clip") if m.pixel_norm == "auto" else m.pixel_norm
 
 
+def joiner(model: MSTAModel, trainable: str) -> Callable:
+  """(trained params, frozen CLIP params) -> (CLIP params, adapter params | None), what MSTAModel's methods take.
+  'adapters': the params are the adapters; 'video_tower' (full fine-tuning of the video tower, the baseline):
+  they are the CLIP's video tower, and the frozen tree holds the rest."""
+  if trainable not in TRAINABLE:
+    raise ValueError(f"config.msta.trainable={trainable!r}; expected one of {TRAINABLE}")
+  if trainable == "adapters":
+    return lambda params, frozen_clip: (frozen_clip, params)
+  return lambda params, frozen_clip: ({**frozen_clip, model.video_tower: params}, None)
+
+
 def objective(model: MSTAModel, config: ml_collections.ConfigDict):
-  """loss(adapters, batch, rng, frozen) -> (CE + α·L_CC, {'loss_ce', 'loss_cc', 'accuracy'});
+  """loss(params, batch, rng, frozen) -> (CE + α·L_CC, {'loss_ce', 'loss_cc', 'accuracy'});
   frozen = {'clip', 'class_ids' (C, L), 'label_map' (num labels,) -> training class, ['desc_s', 'desc_t']}."""
-  norm = pixel_norm(config.msta)
+  norm, join = pixel_norm(config.msta), joiner(model, config.msta.trainable)
 
   def loss(params, batch, rng, frozen):
     del rng
-    video = model.video_embed(frozen["clip"], params, pixels(batch["video"], norm))
-    text = model.text_embed(frozen["clip"], params, frozen["class_ids"])
-    logits = model.logits(frozen["clip"], video, text)
+    clip_params, adapters = join(params, frozen["clip"])
+    video = model.video_embed(clip_params, adapters, pixels(batch["video"], norm))
+    text = model.text_embed(clip_params, adapters, frozen["class_ids"])
+    logits = model.logits(clip_params, video, text)
     labels = frozen["label_map"][batch["label"]]
     terms = {"ce": optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()}
     if config.msta.cc_weight:
@@ -185,6 +198,9 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> tuple[Task, di
                      "config.msta.eval_split")
   if not m.clip:
     raise ValueError("config.msta.clip is empty: set it to a CLIP params file with both towers")
+  if m.trainable == "video_tower" and m.cc_weight:
+    raise ValueError("config.msta.trainable='video_tower' trains no text params, so L_CC is a constant: set "
+                     "config.msta.cc_weight=0")
   meta = config_lib.check_data(config, (config.data.split, config.data.eval_split))
   names = meta["label_names"]
   cfg, clip_params = load_backbone(m.clip, m.backbone)
@@ -205,37 +221,46 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> tuple[Task, di
   mesh, rules = setup_mesh(config, devices)
   clip_sh = sharding.param_shardings(model.abstract_clip(), mesh, rules, config.min_fsdp_size)
   clip_dev = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), clip_params, clip_sh)
+  join, tower = joiner(model, m.trainable), model.video_tower
   texts = class_texts(meta)
-  frozen = {"clip": clip_dev, "class_ids": tokenize([m.template.format(texts[c]) for c in train_classes]),
+  frozen_clip = clip_dev if m.trainable == "adapters" else {k: v for k, v in clip_dev.items() if k != tower}
+  frozen = {"clip": frozen_clip, "class_ids": tokenize([m.template.format(texts[c]) for c in train_classes]),
             "label_map": label_map}
   if m.cc_weight:
     frozen["desc_s"], frozen["desc_t"] = description_embeddings(config, meta, model, clip_dev, tokenize,
                                                                 train_classes)
   rep = sharding.replicated(mesh)
   frozen = {k: v if k == "clip" else jax.device_put(v, rep) for k, v in frozen.items()}
-  frozen_sh = {k: clip_sh if k == "clip" else rep for k in frozen}
+  frozen_sh = {k: {n: clip_sh[n] for n in frozen_clip} if k == "clip" else rep for k in frozen}
 
-  n_adapt = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0)))))
-  n_clip = sum(np.size(x) for x in jax.tree.leaves(clip_params))
-  print(f"MSTA trainable params: {n_adapt:,} adapters = {100 * n_adapt / (n_adapt + n_clip):.2f}% of "
-        f"{n_adapt + n_clip:,} (frozen CLIP {n_clip:,}); {m.protocol}: {len(train_classes)} training classes, "
+  if m.trainable == "adapters":
+    init, load_init, what = model.init, None, "adapters"
+  else:  # full fine-tuning of the video tower from the CLIP file
+    init, what = model.init_video_tower, f"video tower ({tower})"
+    load_init = lambda abstract, shardings: clip_dev[tower]
+  n_train_p = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(jax.eval_shape(init, jax.random.key(0)))))
+  n_frozen = sum(np.size(x) for x in jax.tree.leaves(frozen_clip))
+  print(f"MSTA trainable params: {n_train_p:,} {what} = {100 * n_train_p / (n_train_p + n_frozen):.2f}% of "
+        f"{n_train_p + n_frozen:,} (frozen {n_frozen:,}); {m.protocol}: {len(train_classes)} training classes, "
         f"{n_train} clips", file=sys.stderr)
 
   spec = config_lib.clip_spec(config.data)
   data = ip.train_dataset([ip.Source(config.data.path, config.data.split, clip=spec,
                                      indices=None if subset is None else tuple(subset.tolist()))],
                           config.batch_size, config.seed)
-  task = Task(init=model.init, loss=objective(model, config), train_data=data, clips_per_epoch=n_train,
-              extra=frozen, extra_shardings=frozen_sh, evaluate=make_evaluate(config, meta, model, clip_dev, tokenize,
-                                                                             train_classes, mesh))
-  export = {"kind": "msta_adapters", "adapters": dataclasses.asdict(model.adapter_cfg), "backbone": m.backbone,
+  task = Task(init=init, loss=objective(model, config), train_data=data, clips_per_epoch=n_train, extra=frozen,
+              extra_shardings=frozen_sh, load_init=load_init,
+              evaluate=make_evaluate(config, meta, model, frozen_clip, join, tokenize, train_classes, mesh))
+  export = {"kind": "msta_adapters" if m.trainable == "adapters" else "msta_video_tower",
+            "adapters": dataclasses.asdict(model.adapter_cfg), "backbone": m.backbone,
             "clip": os.path.abspath(m.clip), "num_frames": config.data.num_frames, "template": m.template,
-            "train_classes": [names[c] for c in train_classes], "trainable_params": int(n_adapt)}
+            "train_classes": [names[c] for c in train_classes], "trainable_params": int(n_train_p)}
   return task, export
 
 
-def make_evaluate(config, meta: dict, model: MSTAModel, clip_params, tokenize, train_classes: Sequence[int], mesh):
-  """evaluate(adapters, step) -> top-1 (and per-group) of the template classifier on the eval split; for
+def make_evaluate(config, meta: dict, model: MSTAModel, clip_params, join: Callable, tokenize,
+                  train_classes: Sequence[int], mesh):
+  """evaluate(params, step) -> top-1 (and per-group) of the template classifier on the eval split; for
   base_to_novel base_top1 / novel_top1 / hm; None without an eval split."""
   m = config.msta
   path, split = (m.eval_path, m.eval_split) if m.protocol == "zero_shot" else (config.data.path, config.data.eval_split)
@@ -246,8 +271,8 @@ def make_evaluate(config, meta: dict, model: MSTAModel, clip_params, tokenize, t
   ids = tokenize([m.template.format(t) for t in texts])
   src = ip.Source(path, split, clip=config_lib.clip_spec(config.data))
   # The frozen CLIP goes in as an argument (closed over, it would be baked into the program as constants).
-  video_fn = lambda p, v: model.video_embed(p[1], p[0], pixels(v, pixel_norm(m)))
-  text_fn = jax.jit(lambda p, c: model.text_embed(c, p, ids))
+  video_fn = lambda p, v: model.video_embed(*join(*p), pixels(v, pixel_norm(m)))
+  text_fn = jax.jit(lambda p, c: model.text_embed(*join(p, c), ids))
   bs = config.data.eval_batch_size or config.batch_size
 
   def evaluate(params, step):
