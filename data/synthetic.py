@@ -69,9 +69,10 @@ def descriptions(classes: Sequence[str], n: int) -> tuple[list[list[str]], list[
   pick = np.linspace(0, 3, n).round().astype(int)
   spatial, temporal = [], []
   for cls in classes:
-    look = ([SHAPE_TEXT[cls], f"{SHAPE_TEXT[cls]} of one colour", "an upright shape"] if cls in APPEARANCE else
-            ["a coloured square, triangle or bar", "a single shape of one colour", "small static shapes beside it"])
-    look.append("a striped, checkered, noisy or wavy background")
+    # In the captions' words (a text tower trained on them reads these); temporal classes all look alike.
+    shape = cls if cls in APPEARANCE else "square, triangle or bar"
+    look = [f"a large {shape}", f"a small {shape} next to a square", SHAPE_TEXT.get(cls, "a bar or a triangle"),
+            f"a {shape} on a striped, checkered, noisy or wavy background"]
     spatial.append([f"A video about {look[i]}." for i in pick])
     temporal.append([f"A video of {CLASS_TEXT[cls]} generally involves the following step: {_sub_steps(cls)[i]}, "
                      "which is a sub-step." for i in pick])

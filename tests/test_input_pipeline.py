@@ -124,6 +124,11 @@ def test_eval_views_padding_and_valid(synth):
   assert batches[0]["video"].shape == (4, 6, 4, 24, 24, 3)
   np.testing.assert_array_equal(np.concatenate([b["valid"] for b in batches]), [1] * 10 + [0] * 2)
   np.testing.assert_array_equal(batches[0]["video"], list(ds)[0]["video"])  # deterministic
+  # a Source's `indices` subset (MSTA's few-shot sets) is what evaluation reads too, in that order
+  sub, n = ip.eval_dataset(ip.Source(synth, "val", clip=spec, indices=(7, 2, 5)), 4, 0, 1)
+  got = next(iter(sub))
+  assert n == 3 and got["label"][:3].tolist() == [7, 2, 5]
+  np.testing.assert_array_equal(got["video"][1], batches[0]["video"][2])
 
 
 def test_tfds_source_reads_the_same_records(synth, tmp_path):

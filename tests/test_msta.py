@@ -201,6 +201,30 @@ def test_description_files_and_their_errors(tmp_path):
     assert name in str(e.value)
 
 
+def test_clip_bpe_tokenizer_json(tmp_path):
+  """A Hugging Face tokenizer.json in CLIP's form (byte-level BPE, <|startoftext|> ... <|endoftext|>, the end token
+  the largest id): ids start with SOT, keep EOT (the text tower's argmax) when cut, and pad with 0."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.train_from_iterator(["a video of moving left", "a large circle on a striped background"] * 10,
+                          trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
+  sot, eot = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
+  tok.post_processor = processors.RobertaProcessing(("<|endoftext|>", eot), ("<|startoftext|>", sot))
+  path = str(tmp_path / "tokenizer.json")
+  tok.save(path)
+  ids = msta.load_tokenizer(path, 8)(["a video of moving left and right and up", "a circle"])
+  assert ids.shape == (2, 8) and ids.dtype == np.int32 and eot == tok.get_vocab_size() - 1
+  assert ids[:, 0].tolist() == [sot, sot] and ids[0, -1] == eot and np.argmax(ids, axis=1).tolist() == [7, 3]
+  assert ids[1, 4:].tolist() == [0] * 4
+  with pytest.raises(FileNotFoundError, match="not found"):
+    msta.load_tokenizer(str(tmp_path / "nope.json"), 8)
+  (tmp_path / "bad.json").write_text('{"version": "1"}')
+  with pytest.raises(ValueError, match="neither a WordTokenizer file nor a Hugging Face tokenizer.json"):
+    msta.load_tokenizer(str(tmp_path / "bad.json"), 8)
+
+
 def test_few_shot_sampling_is_deterministic_per_seed():
   labels = np.repeat(np.arange(4), 10)
   names = ["a", "b", "c", "d"]
@@ -338,3 +362,29 @@ def test_recipes():
   assert (fs.batch_size, fs.optim.lr, fs.num_epochs, fs.msta.shots) == (32, 1e-3, 50, 2)
   with pytest.raises(ValueError, match="expected"):
     msta_recipes.get_config("few_shot,imagenet")
+
+
+def test_msta_demo_stages_are_wired(tmp_path):
+  """`make demo-msta` (one device), 2 steps a stage, on a small copy of the data: every row of both tables, the
+  trainable counts from the runs' params.npz, the probe's missing novel column."""
+  import subprocess
+  import sys
+  from tests.helpers import subprocess_env
+  w = str(tmp_path)
+  synthetic.generate(os.path.join(w, "data"), {"pretrain": 16, "train": 160, "test": 20}, size=36, frames=8,
+                     clips_per_shard=256)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "umt_jax.demo", "--method", "msta", "--workdir", w, "--steps", "2"]
+  out = subprocess.run(cmd, cwd=root, env=subprocess_env(1), capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = open(os.path.join(w, "report_msta.md")).read()
+  assert report in out.stdout
+  n = {s: params_io.load_params(os.path.join(w, s, "params.npz"))[1] for s in ("msta_b2n", "msta_fs_ft")}
+  assert n["msta_b2n"]["kind"] == "msta_adapters" and n["msta_fs_ft"]["kind"] == "msta_video_tower"
+  assert n["msta_b2n"]["train_classes"] == ["move_left", "rotate_cw", "grow", "circle", "cross"]
+  for row in ("| zero-shot CLIP (frame-averaged) | 0 |", f"| MSTA | {n['msta_b2n']['trainable_params']:,} |",
+              f"| full fine-tuning of the image tower | {n['msta_fs_ft']['trainable_params']:,} |",
+              "| MSTA without L_CC |", "MSTA has the best harmonic mean:"):
+    assert row in report
+  probe = next(line for line in report.splitlines() if line.startswith("| linear probe"))
+  assert probe.split(" | ")[2:5][1:] == ["—", "—"]  # no novel classes, no HM

@@ -320,7 +320,7 @@ def eval_dataset(source: Source, global_batch: int, process_index: int | None = 
   stops evaluation, naming its shard and index: skipping it would change the metrics' denominator."""
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
-  src = grain.MapDataset.source(open_source(source.path, source.split, source.data_dir))
+  src = grain.MapDataset.source(source.open_records())  # the `indices` subset, if any
   n = len(src)
   padded = -(-n // global_batch) * global_batch
   views = src.map_with_index(bad_records.Checked(EvalClips(source.clip), source))

@@ -117,6 +117,16 @@ def base_classes(m: ml_collections.ConfigDict, names: Sequence[str]) -> list[int
   return sorted(names.index(w) for w in wanted)
 
 
+def training_set(config: ml_collections.ConfigDict, names: Sequence[str]) -> tuple[list[int], np.ndarray | None]:
+  """-> (the protocol's training classes, the record indices of data.split it trains on; None = all of them)."""
+  m = config.msta
+  train_classes = base_classes(m, names) if m.protocol == "base_to_novel" else list(range(len(names)))
+  if not m.shots and len(train_classes) == len(names):
+    return train_classes, None
+  labels = split_labels(config.data.path, config.data.split)
+  return train_classes, sample_shots(labels, train_classes, m.shots, m.split_seed, names)
+
+
 def description_embeddings(config, meta: dict, model: MSTAModel, clip_params, tokenize, classes: Sequence[int]
                            ) -> tuple[np.ndarray, np.ndarray]:
   """Each training class's mean frozen-text embedding of its spatial and of its temporal descriptions."""
@@ -209,11 +219,7 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> tuple[Task, di
   model = MSTAModel(cfg, adapter_config(m), config.data.num_frames, m.backbone)
   params_io.check_fits(clip_params, nn.meta.unbox(model.abstract_clip()), f"config.msta.clip={m.clip!r}")
 
-  train_classes = base_classes(m, names) if m.protocol == "base_to_novel" else list(range(len(names)))
-  subset = None
-  if m.shots or len(train_classes) < len(names):
-    subset = sample_shots(split_labels(config.data.path, config.data.split), train_classes, m.shots, m.split_seed,
-                          names)
+  train_classes, subset = training_set(config, names)
   n_train = len(subset) if subset is not None else meta["splits"][config.data.split]["num_records"]
   label_map = np.full(len(names), -1, np.int32)
   label_map[train_classes] = np.arange(len(train_classes))
