@@ -1,4 +1,4 @@
-"""Temporal sampling and spatial augmentation of clips, in numpy, following the official loaders.
+"""Temporal sampling and spatial augmentation of clips (numpy; PIL for the resize), following the official loaders.
 
 Index functions return 0-based frame indices into the stored frames. `rng` is a numpy Generator (grain's
 random_map hands one per element, derived from the pipeline seed and the element index).
@@ -6,6 +6,7 @@ random_map hands one per element, derived from the pipeline seed and the element
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 
 # ----------------------------------------------------------------------------- temporal sampling
@@ -101,32 +102,25 @@ def random_resized_crop_box(h: int, w: int, rng: np.random.Generator, scale: tup
   return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) resampling matrix of PIL's BILINEAR resize (triangle filter widened by the scale when
-  downsampling, i.e. antialiased; pixel centres at +0.5)."""
-  scale = n_in / n_out
-  support = max(scale, 1.0)
-  centres = (np.arange(n_out) + 0.5) * scale
-  src = np.arange(n_in) + 0.5
-  w = np.maximum(0.0, 1.0 - np.abs(src[None, :] - centres[:, None]) / support)
-  return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def resize(frames: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-  """(T, H, W, C) uint8 -> (T, out_h, out_w, C) uint8, bilinear as PIL, all frames in one separable product."""
-  h, w = frames.shape[1:3]
-  if (h, w) == (out_h, out_w):
+def resize(frames: np.ndarray, out_h: int, out_w: int, box: Box | None = None) -> np.ndarray:
+  """(T, H, W, 3) uint8 -> (T, out_h, out_w, 3) uint8: PIL's BILINEAR resize (antialiased when shrinking, as the
+  official loaders' PIL transforms) of each frame, or of its `box` (y, x, h, w) crop (cropped first, as they
+  do: PIL's own `box` would let the filter read pixels outside it). PIL's C loop is 8× a float32 separable
+  matmul of the same resize here, and uses no BLAS threads in the workers."""
+  y, x, ch, cw = box or (0, 0) + frames.shape[1:3]
+  frames = frames[:, y:y + ch, x:x + cw]
+  if (ch, cw) == (out_h, out_w):
     return frames
-  t, c = frames.shape[0], frames.shape[3]
-  x = bilinear_weights(h, out_h) @ frames.reshape(t, h, w * c).astype(np.float32)  # (T, out_h, W·C)
-  x = x.reshape(t, out_h, w, c).transpose(0, 1, 3, 2) @ bilinear_weights(w, out_w).T  # (T, out_h, C, out_w)
-  return np.clip(np.rint(x.transpose(0, 1, 3, 2)), 0, 255).astype(np.uint8)
+  out = np.empty((frames.shape[0], out_h, out_w, frames.shape[3]), np.uint8)
+  for i, frame in enumerate(frames):
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    out[i] = np.asarray(image.resize((out_w, out_h), Image.Resampling.BILINEAR))
+  return out
 
 
 def crop_resize(frames: np.ndarray, box: Box, size: int) -> np.ndarray:
   """(T, H, W, 3) uint8 -> (T, size, size, 3): the same crop on every frame, bilinear resize."""
-  y, x, ch, cw = box
-  return resize(frames[:, y:y + ch, x:x + cw], size, size)
+  return resize(frames, size, size, box)
 
 
 def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
