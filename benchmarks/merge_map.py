@@ -11,6 +11,8 @@ classifier runs, and each call also merges [x, ε·P], where P (N, N0) says whic
 current token holds. The merge is a weighted average, so the merged P holds every patch that reached a token
 with a positive weight, and none that was dropped. ε = 1e-4 leaves the matching unchanged (checked: the first
 D channels must equal the real merge's output).
+On the built-in synthetic data it also counts how often the primary object's patches are dropped as
+background, against the background's own patches (`object_drops`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data import records, synthetic
 from umt_jax import input_pipeline as ip
 from umt_jax.models import merging
 from umt_jax.models.heads import VideoClassifier
@@ -122,6 +125,38 @@ def save(params, enc: dict, num_classes: int, source: ip.Source, schedule, out: 
   return {"schedule": list(schedule), "clips": stats}
 
 
+def object_drops(params, enc: dict, num_classes: int, source: ip.Source, schedule, batch: int = 50,
+                 min_object: float = 0.25) -> dict:
+  """On a built-in synthetic split: how often vid-TLDR drops (as background) a patch of the primary object vs a
+  background patch, first test view. The object's pixels come from re-rendering each clip
+  (`synthetic.render_clip(primary_mask=True)`), put through the same test-view transform as the frames (as a
+  record of mask frames); a patch is the object's when ≥ `min_object` of its pixels are."""
+  meta = ip.read_metadata(source.path)
+  syn, names, recs = meta["synthetic"], meta["label_names"], source.open_records()
+  views, p = ip.EvalClips(source.clip), enc["patch_size"]
+  ds, n = ip.eval_dataset(source, batch)
+  drop = {"object": [0, 0], "background": [0, 0]}  # [dropped, patches]
+  for b, item in enumerate(ds):
+    rows = np.flatnonzero(item["valid"])
+    prov, _, _ = assignments(params, enc, num_classes, jnp.asarray(item["video"][:, 0]), schedule)
+    for i in rows:
+      rec = records.unpack(recs[b * batch + i])
+      index = int(rec["id"].rsplit("/", 1)[1])
+      split = rec["id"].split("/")[1]
+      mask = synthetic.render_clip(syn["seed"], split, index, names[rec["label"]], syn["size"], syn["frames"],
+                                   primary_mask=True)[2]
+      fake = records.pack(np.repeat(mask[..., None] * np.uint8(255), 3, -1), id=rec["id"], src_fps=1,
+                          src_frames=len(mask), fps=1, quality=100)
+      m = views.map(fake)["video"][0, ..., 0] > 127  # (T, S, S)
+      t, s = m.shape[:2]
+      frac = m.reshape(t, s // p, p, s // p, p).mean((2, 4)).reshape(-1)  # t-major raster, as the tokens
+      gone = prov[i].max(0) <= 0
+      for key, sel in (("object", frac >= min_object), ("background", frac == 0)):
+        drop[key][0] += int(gone[sel].sum())
+        drop[key][1] += int(sel.sum())
+  return {k: {"dropped": d, "patches": t, "rate": d / max(t, 1)} for k, (d, t) in drop.items()} | {"clips": n}
+
+
 def main(argv=None) -> dict:
   from umt_jax.tools import merge_schedule as ms
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,7 +171,10 @@ def main(argv=None) -> dict:
     data_cfg = json.load(f)["data"]
   src = ip.Source(os.path.join(args.workdir, "data"), data_cfg["eval_split"], clip=ms.clip_spec(data_cfg, meta))
   out = args.out or os.path.join(args.workdir, "merge_map.png")
-  stats = save(params, enc, classes, src, [int(r) for r in args.schedule.split(",")], out, args.clips)
+  schedule = [int(r) for r in args.schedule.split(",")]
+  stats = save(params, enc, classes, src, schedule, out, args.clips)
+  if "synthetic" in ip.read_metadata(src.path):
+    stats["object_drops"] = object_drops(params, enc, classes, src, schedule)
   print(json.dumps(stats, indent=1))
   return stats
 

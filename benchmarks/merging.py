@@ -14,6 +14,9 @@ Timing: every model is compiled (and run) and run once more before timing; then 
 timing one forward (or as many back-to-back as take ≥ 0.2 s, for small models), `--runs` times (so load
 changes on a shared machine hit all of them alike), and the median is reported.
 --png writes the merge map of a few demo clips (merge_map.py).
+(iii) with --workdir and the demo's stage 2 (<workdir>/umt_stage2/params.npz): zero-shot retrieval on the
+demo's test split (VTC similarity, and ITM re-ranked) without merging, with vid-TLDR and with ToMe at the
+classifier's schedule (the same student, so the same encoder FLOPs).
 """
 from __future__ import annotations
 
@@ -109,7 +112,7 @@ def b16_rows(args, log) -> list[dict]:
                  args.b16_batch_sizes or args.batch_sizes, args.runs, log)
 
 
-def demo_rows(args, log) -> list[dict]:
+def demo_rows(args, log) -> tuple[list[dict], str]:
   ft = os.path.join(args.workdir, "finetune")
   params, enc, classes, meta = ms.load_classifier(os.path.join(ft, "params.npz"))
   with open(os.path.join(ft, "config.json")) as f:
@@ -136,11 +139,51 @@ def demo_rows(args, log) -> list[dict]:
     r.update(top1=float(m["top1"]), top1_temporal=float(m.get("top1_temporal", np.nan)),
              top1_appearance=float(m.get("top1_appearance", np.nan)))
     log(f"{r['merging']} {r['schedule']}: test top-1 {r['top1']:.2f}")
+  from benchmarks import merge_map
   if args.png:
-    from benchmarks import merge_map
     merge_map.save(params, enc, classes, test_src, schedule, args.png)
     log(f"wrote {args.png}")
+  note = ""
+  if "synthetic" in ip.read_metadata(data):
+    d = merge_map.object_drops(params, enc, classes, test_src, schedule, args.eval_batch)
+    note = (f"vid-TLDR {','.join(map(str, schedule))} on the {d['clips']} test clips (first view): dropped as "
+            f"background {100 * d['object']['rate']:.1f}% of the primary object's patches "
+            f"({d['object']['dropped']} of {d['object']['patches']}) vs {100 * d['background']['rate']:.1f}% of the "
+            f"background's ({d['background']['dropped']} of {d['background']['patches']})")
+    log(note)
+  return rows, note
+
+
+def retrieval_rows(args, schedule, log) -> list[dict]:
+  """Zero-shot t2v / v2t R@1 of the demo's stage-2 model under each merging method (same schedule)."""
+  from umt_jax import demo, params_io, sharding
+  from umt_jax.trainers import stage2_retrieval, umt_stage2
+  w = args.workdir
+  c = demo.demo_config("umt_stage2", w)
+  c.text.vocab, c.data.eval_path = os.path.join(w, "vocab.txt"), os.path.join(w, "data")
+  source, tokenizer = umt_stage2.eval_source(c), umt_stage2.text_tokenizer(c)
+  params, meta = params_io.load_params(os.path.join(w, "umt_stage2", "params.npz"))
+  mesh = sharding.make_mesh({"data": -1})
+  grid = source.clip.size // meta["encoder"]["patch_size"]
+  rows = []
+  for name, enc in methods(meta["encoder"], schedule).items():
+    model = umt_stage2.model_from_meta({**meta, "encoder": enc})
+    got = stage2_retrieval.zero_shot(model, params, tokenizer, source, mesh, k=c.stage2.rerank_k,
+                                     batch=c.data.eval_batch_size, rerank=True)
+    r1 = {f"{d}_{kind}": 100 * float((got["ranks"][kind][i] < 1).mean())
+          for kind in ("emb", "rerank") for i, d in enumerate(("t2v", "v2t"))}
+    rows.append({"merging": name, "schedule": list(enc.get("merge_schedule", ())),
+                 "cut": ms.flops_cut(enc, source.clip.num_frames, grid, 1), **r1})
+    log(f"stage-2 retrieval, {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in r1.items()))
   return rows
+
+
+def retrieval_table(rows: list[dict], clips: int) -> str:
+  lines = [f"| demo stage 2 ({clips} test clips) | schedule | encoder FLOPs cut | t2v R@1 | v2t R@1 | "
+           "t2v R@1, ITM re-ranked | v2t R@1, ITM re-ranked |", "|---|---|---|---|---|---|---|"]
+  lines += [f"| {r['merging']} | {','.join(map(str, r['schedule'])) or '-'} | {100 * r['cut']:.1f}% | "
+            f"{r['t2v_emb']:.1f} | {r['v2t_emb']:.1f} | {r['t2v_rerank']:.1f} | {r['v2t_rerank']:.1f} |" for r in rows]
+  return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -164,16 +207,26 @@ def main(argv=None) -> dict:
   log = lambda s: print(s, file=sys.stderr, flush=True)
   t0 = time.time()
   rows = [] if args.skip_b16 else b16_rows(args, log)
+  retrieval = []
   if args.workdir:
-    rows += demo_rows(args, log)
+    demo_r, note = demo_rows(args, log)
+    rows += demo_r
+    if os.path.isfile(os.path.join(args.workdir, "umt_stage2", "params.npz")):
+      schedule = next(r["schedule"] for r in rows if r["merging"] == "vid-TLDR" and r["model"].startswith("demo"))
+      retrieval = retrieval_rows(args, schedule, log)
   sizes = sorted({b for r in rows for b in r["clips_s"]})
   text = (f"token merging, {jax.devices()[0].device_kind} ({os.cpu_count()} cores), median of {args.runs}, "
           f"{time.time() - t0:.0f} s\n\n" + table(rows, sizes))
+  if args.workdir and note:
+    text += "\n\n" + note
+  if retrieval:
+    n = ip.read_metadata(os.path.join(args.workdir, "data"))["splits"]["test"]["num_records"]
+    text += "\n\n" + retrieval_table(retrieval, n)
   print(text)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": rows, "table": text}, f, indent=1, default=str)
-  return {"rows": rows, "table": text}
+      json.dump({"rows": rows, "retrieval": retrieval, "table": text}, f, indent=1, default=str)
+  return {"rows": rows, "retrieval": retrieval, "table": text}
 
 
 if __name__ == "__main__":

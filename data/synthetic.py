@@ -169,9 +169,10 @@ def _primary(rng: np.random.Generator, cls: str, size: int, t: int) -> _Object:
   return _Object(shape, colour, cx, cy, r, angle, alpha)
 
 
-def render_clip(seed: int, split: str, index: int, cls: str, size: int = 64, frames: int = 16
-                ) -> tuple[np.ndarray, str]:
-  """Deterministic clip -> (frames (T, size, size, 3) uint8, caption)."""
+def render_clip(seed: int, split: str, index: int, cls: str, size: int = 64, frames: int = 16,
+                primary_mask: bool = False) -> tuple:
+  """Deterministic clip -> (frames (T, size, size, 3) uint8, caption[, where the primary object is visible
+  (T, size, size) bool, with `primary_mask`])."""
   rng = np.random.default_rng([seed, sum(map(ord, split)), index])
   bg, texture = _background(rng, size)
   objs = [_primary(rng, cls, size, frames)]
@@ -183,6 +184,7 @@ def render_clip(seed: int, split: str, index: int, cls: str, size: int = 64, fra
                         rng.uniform(0, 2 * np.pi) * ones, 0.8 * ones))
   y, x = np.mgrid[0:size, 0:size].astype(np.float32)
   video = np.repeat(bg.astype(np.float32)[None], frames, axis=0)
+  mask = np.zeros((frames, size, size), bool)
   for o in reversed(objs):  # primary drawn last, on top
     reach = float(o.r.max()) * 1.5 + 1  # a box holding the object in every frame
     y0, x0 = (max(0, int(np.floor(c.min() - reach))) for c in (o.cy, o.cx))
@@ -195,6 +197,8 @@ def render_clip(seed: int, split: str, index: int, cls: str, size: int = 64, fra
     yy, xx = yy + y0, xx + x0
     a = o.alpha[t_idx, None].astype(np.float32)
     video[t_idx, yy, xx] = video[t_idx, yy, xx] * (1 - a) + np.asarray(COLOURS[o.colour], np.float32) * a
+    if o is objs[0]:
+      mask[t_idx, yy, xx] = o.alpha[t_idx] > 0
   p = objs[0]
   size_word = "large" if p.r.mean() > size * 0.2 else "small"
   motion = PHRASE.get(cls, "bouncing")
@@ -202,7 +206,8 @@ def render_clip(seed: int, split: str, index: int, cls: str, size: int = 64, fra
   if len(objs) > 1:
     caption += " next to " + " and ".join(f"a {o.colour} {o.shape}" for o in objs[1:])
   caption += f" on a {texture} background"
-  return np.clip(video, 0, 255).astype(np.uint8), caption
+  video = np.clip(video, 0, 255).astype(np.uint8)
+  return (video, caption, mask) if primary_mask else (video, caption)
 
 
 @dataclasses.dataclass

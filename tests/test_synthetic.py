@@ -17,6 +17,12 @@ def test_deterministic_and_split_dependent():
   d, _ = synthetic.render_clip(1, "train", 5, "move_left")
   assert not np.array_equal(a, c) and not np.array_equal(a, d)
   assert a.shape == (16, 64, 64, 3) and a.dtype == np.uint8
+  # the primary object's mask (vid-TLDR's object-drop count): the same clip, the pixels that moved left
+  m_video, _, mask = synthetic.render_clip(0, "train", 5, "move_left", primary_mask=True)
+  np.testing.assert_array_equal(m_video, a)
+  assert mask.shape == (16, 64, 64) and mask.any(axis=(1, 2)).all()
+  xs = [np.nonzero(f)[1].mean() for f in mask]
+  assert xs[-1] < xs[0] - 10
 
 
 def test_class_catalogue_is_at_least_half_temporal():
