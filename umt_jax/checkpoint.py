@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import shutil
+import warnings
 from typing import Any, NoReturn
 
 import grain
@@ -28,6 +29,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+# When tensorstore fails on a corrupt checkpoint, orbax drops a metadata coroutine it had created; Python warns
+# when it is collected, later and from another thread. `restore_latest` has already logged the failure and
+# moved on, so this says nothing new.
+warnings.filterwarnings("ignore", message="coroutine 'Store._get_array_metadatas' was never awaited",
+                        category=RuntimeWarning)
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
