@@ -102,14 +102,11 @@ def random_resized_crop_box(h: int, w: int, rng: np.random.Generator, scale: tup
   return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def resize(frames: np.ndarray, out_h: int, out_w: int, box: Box | None = None) -> np.ndarray:
-  """(T, H, W, 3) uint8 -> (T, out_h, out_w, 3) uint8: PIL's BILINEAR resize (antialiased when shrinking, as the
-  official loaders' PIL transforms) of each frame, or of its `box` (y, x, h, w) crop (cropped first, as they
-  do: PIL's own `box` would let the filter read pixels outside it). PIL's C loop is 8× a float32 separable
-  matmul of the same resize here, and uses no BLAS threads in the workers."""
-  y, x, ch, cw = box or (0, 0) + frames.shape[1:3]
-  frames = frames[:, y:y + ch, x:x + cw]
-  if (ch, cw) == (out_h, out_w):
+def resize(frames: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+  """(T, H, W, 3) uint8 -> (T, out_h, out_w, 3) uint8: PIL's BILINEAR resize of each frame (antialiased when
+  shrinking, as the official loaders' PIL transforms). PIL's C loop is 8× a float32 separable matmul of the
+  same resize here, and uses no BLAS threads in the workers."""
+  if frames.shape[1:3] == (out_h, out_w):
     return frames
   out = np.empty((frames.shape[0], out_h, out_w, frames.shape[3]), np.uint8)
   for i, frame in enumerate(frames):
@@ -119,8 +116,10 @@ def resize(frames: np.ndarray, out_h: int, out_w: int, box: Box | None = None) -
 
 
 def crop_resize(frames: np.ndarray, box: Box, size: int) -> np.ndarray:
-  """(T, H, W, 3) uint8 -> (T, size, size, 3): the same crop on every frame, bilinear resize."""
-  return resize(frames, size, size, box)
+  """(T, H, W, 3) uint8 -> (T, size, size, 3): the same crop on every frame, then the bilinear resize (cropped
+  first, as the official loaders do: PIL's own `box` argument would let the filter read pixels outside it)."""
+  y, x, ch, cw = box
+  return resize(frames[:, y:y + ch, x:x + cw], size, size)
 
 
 def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
