@@ -112,7 +112,8 @@ def b16_rows(args, log) -> list[dict]:
                  args.b16_batch_sizes or args.batch_sizes, args.runs, log)
 
 
-def demo_rows(args, log) -> tuple[list[dict], str]:
+def demo_rows(args, log) -> tuple[list[dict], list[int], str]:
+  """-> (rows, the searched vid-TLDR schedule, the object-drop line)."""
   ft = os.path.join(args.workdir, "finetune")
   params, enc, classes, meta = ms.load_classifier(os.path.join(ft, "params.npz"))
   with open(os.path.join(ft, "config.json")) as f:
@@ -151,7 +152,7 @@ def demo_rows(args, log) -> tuple[list[dict], str]:
             f"({d['object']['dropped']} of {d['object']['patches']}) vs {100 * d['background']['rate']:.1f}% of the "
             f"background's ({d['background']['dropped']} of {d['background']['patches']})")
     log(note)
-  return rows, note
+  return rows, schedule, note
 
 
 def retrieval_rows(args, schedule, log) -> list[dict]:
@@ -172,14 +173,14 @@ def retrieval_rows(args, schedule, log) -> list[dict]:
                                      batch=c.data.eval_batch_size, rerank=True)
     r1 = {f"{d}_{kind}": 100 * float((got["ranks"][kind][i] < 1).mean())
           for kind in ("emb", "rerank") for i, d in enumerate(("t2v", "v2t"))}
-    rows.append({"merging": name, "schedule": list(enc.get("merge_schedule", ())),
+    rows.append({"merging": name, "schedule": list(enc.get("merge_schedule", ())), "clips": len(got["gallery"].labels),
                  "cut": ms.flops_cut(enc, source.clip.num_frames, grid, 1), **r1})
     log(f"stage-2 retrieval, {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in r1.items()))
   return rows
 
 
-def retrieval_table(rows: list[dict], clips: int) -> str:
-  lines = [f"| demo stage 2 ({clips} test clips) | schedule | encoder FLOPs cut | t2v R@1 | v2t R@1 | "
+def retrieval_table(rows: list[dict]) -> str:
+  lines = [f"| demo stage 2 ({rows[0]['clips']} test clips) | schedule | encoder FLOPs cut | t2v R@1 | v2t R@1 | "
            "t2v R@1, ITM re-ranked | v2t R@1, ITM re-ranked |", "|---|---|---|---|---|---|---|"]
   lines += [f"| {r['merging']} | {','.join(map(str, r['schedule'])) or '-'} | {100 * r['cut']:.1f}% | "
             f"{r['t2v_emb']:.1f} | {r['v2t_emb']:.1f} | {r['t2v_rerank']:.1f} | {r['v2t_rerank']:.1f} |" for r in rows]
@@ -207,21 +208,19 @@ def main(argv=None) -> dict:
   log = lambda s: print(s, file=sys.stderr, flush=True)
   t0 = time.time()
   rows = [] if args.skip_b16 else b16_rows(args, log)
-  retrieval = []
+  retrieval, note = [], ""
   if args.workdir:
-    demo_r, note = demo_rows(args, log)
+    demo_r, schedule, note = demo_rows(args, log)
     rows += demo_r
     if os.path.isfile(os.path.join(args.workdir, "umt_stage2", "params.npz")):
-      schedule = next(r["schedule"] for r in rows if r["merging"] == "vid-TLDR" and r["model"].startswith("demo"))
       retrieval = retrieval_rows(args, schedule, log)
   sizes = sorted({b for r in rows for b in r["clips_s"]})
   text = (f"token merging, {jax.devices()[0].device_kind} ({os.cpu_count()} cores), median of {args.runs}, "
           f"{time.time() - t0:.0f} s\n\n" + table(rows, sizes))
-  if args.workdir and note:
+  if note:
     text += "\n\n" + note
   if retrieval:
-    n = ip.read_metadata(os.path.join(args.workdir, "data"))["splits"]["test"]["num_records"]
-    text += "\n\n" + retrieval_table(retrieval, n)
+    text += "\n\n" + retrieval_table(retrieval)
   print(text)
   if args.out:
     with open(args.out, "w") as f:

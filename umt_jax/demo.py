@@ -273,7 +273,8 @@ def msta_frozen_baselines(w: str, name: str, clip: str) -> tuple[dict, dict, int
   c.msta.clip = clip
   task, _ = msta.make_task(c)
   zero_shot = task.evaluate(None, 0)
-  names = ip.read_metadata(c.data.path)["label_names"]
+  meta = ip.read_metadata(c.data.path)
+  names = meta["label_names"]
   classes, subset = msta.training_set(c, names)
   mcfg, params = msta.load_backbone(clip, c.msta.backbone)
   model = msta.MSTAModel(mcfg, msta.adapter_config(c.msta), c.data.num_frames, c.msta.backbone)
@@ -285,10 +286,10 @@ def msta_frozen_baselines(w: str, name: str, clip: str) -> tuple[dict, dict, int
   to_class = {k: i for i, k in enumerate(classes)}
   keep = np.isin(yte, classes)
   probs = linear_probe((xtr, np.asarray([to_class[y] for y in ytr])), (xte[keep], None), len(classes))
-  pred = np.asarray(classes)[probs.argmax(1)]
   if len(classes) == len(names):
-    probe = evaluation.accuracy(probs, yte, names, ip.read_metadata(c.data.path)["temporal_classes"])
+    probe = evaluation.accuracy(probs, yte, names, meta["temporal_classes"])
   else:
+    pred = np.asarray(classes)[probs.argmax(1)]
     probe = {"base_top1": 100 * float(np.mean(pred == yte[keep])), "novel_top1": float("nan"), "hm": float("nan")}
   return zero_shot, probe, xtr.shape[1] * len(classes) + len(classes)
 
