@@ -154,3 +154,47 @@ def test_block_stack_backward_does_not_fuse_across_layers():
   operands = [len(re.findall(r"%[\w.-]+", line.split("fusion(", 1)[1].split(")", 1)[0]))
               for line in hlo.splitlines() if " fusion(" in line]
   assert operands and max(operands) < 40, max(operands)
+
+
+def test_cudnn_operands_pass_jax_cudnn_layout_check():
+  """On GPU the 'cudnn'/'auto' path must take per-key biases and masks (B, 1, 1, S): BERT's padding mask,
+  vid-TLDR's log-mass. jax's cuDNN attention accepts a bias only at full query and key lengths, so
+  `layers.cudnn_bias` broadcasts; its output passes jax's own layout check (which runs without a GPU) where
+  the raw (B, 1, 1, S) operand does not, and attends exactly as the unbroadcast one."""
+  from jax._src.cudnn import fused_attention_stablehlo as fa
+  from umt_jax.models import layers
+
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 4, 16), jnp.bfloat16) for i in range(3))
+  layout = fa._normalize_layout("BTNH")
+  mass = jnp.log(jnp.arange(1.0, 7.0))[None, None, None, :].repeat(2, 0)  # (B, 1, 1, S) fp32
+  mask = (jnp.arange(6) < 4)[None, None, None, :].repeat(2, 0)
+  for raw in (mass, mask):
+    with pytest.raises(ValueError, match="same seq length"):
+      fa.check_layout(q, k, v, fa.combine_bias_and_mask(*((raw, None) if raw.dtype != bool else (None, raw)),
+                                                         q.dtype), *[None] * 6, layout)
+    full = layers.cudnn_bias(raw, q, k)
+    assert full.shape == (2, 1, 6, 6) and full.dtype == (jnp.bool_ if raw.dtype == bool else q.dtype)
+    fa.check_layout(q, k, v, fa.combine_bias_and_mask(*((full, None) if raw.dtype != bool else (None, full)),
+                                                       q.dtype), *[None] * 6, layout)
+  qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))
+  want = layers.dot_attention(qf, kf, vf, mass, 0.25)
+  got = layers.dot_attention(qf, kf, vf, layers.cudnn_bias(mass, qf, kf), 0.25)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  assert layers.cudnn_bias(None, q, k) is None
+
+
+def test_auto_attention_picks_cudnn_only_where_it_runs(monkeypatch):
+  from umt_jax.models import layers
+  auto = lambda *a, **k: layers.attention_impl("auto", *a, **k)
+  assert auto(jnp.bfloat16, 64) == "xla"  # this CPU
+  assert layers.attention_impl("cudnn", jnp.float32, 7) == "cudnn"  # explicit choices pass through
+  assert layers.attention_impl(None, jnp.bfloat16, 64) is None
+
+  class Hopper:
+    platform, compute_capability = "gpu", "9.0"
+  monkeypatch.setattr(jax, "devices", lambda *a: [Hopper()])
+  assert auto(jnp.bfloat16, 64) == "cudnn"
+  assert auto(jnp.bfloat16, 64, (968, 968), bias=True) == "cudnn"
+  assert auto(jnp.bfloat16, 64, (967, 967), bias=True) == "xla"  # cuDNN's biased backward needs even lengths
+  assert auto(jnp.bfloat16, 64, (967, 967)) == "cudnn"
+  assert auto(jnp.float32, 64) == "xla" and auto(jnp.bfloat16, 136) == "xla" and auto(jnp.bfloat16, 60) == "xla"

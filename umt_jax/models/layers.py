@@ -141,16 +141,30 @@ class Mlp(nn.Module):
     return Dense(d, axes=("mlp", "embed"), name=self.names[1], **kw)(h)
 
 
-def attention_impl(requested: str | None, dtype: Dtype, head_dim: int) -> str | None:
+def attention_impl(requested: str | None, dtype: Dtype, head_dim: int, lengths: tuple[int, int] = (0, 0),
+                   bias: bool = False) -> str | None:
   """'auto' -> 'cudnn' (flash attention) where cuDNN supports it: a GPU of compute capability >= 8.0, bf16 or
-  fp16, head_dim a multiple of 8 up to 128; else 'xla'. Other values pass through (None means XLA too:
+  fp16, head_dim a multiple of 8 up to 128, and with a bias or mask even query and key `lengths` (cuDNN's
+  backward with a bias needs them); else 'xla'. Other values pass through (None means XLA too:
   `jax.nn.dot_product_attention` does not pick cuDNN by itself)."""
   if requested != "auto":
     return requested
   dev = jax.devices()[0]
   ok = (dev.platform == "gpu" and float(getattr(dev, "compute_capability", "0") or 0) >= 8.0
-        and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128)
+        and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+        and not (bias and any(n % 2 for n in lengths)))
   return "cudnn" if ok else "xla"
+
+
+def cudnn_bias(x: jax.Array | None, q: jax.Array, k: jax.Array) -> jax.Array | None:
+  """A bias (float) or mask (bool) broadcastable to (B, H, L, S) -> (B, 1 or H, L, S), a bias in q's dtype.
+  cuDNN's fused attention takes only a bias of the full query and key lengths (jax checks it), so a per-key
+  one (B, 1, 1, S): padding masks, vid-TLDR's log-mass, is broadcast over the queries here."""
+  if x is None:
+    return None
+  x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+  x = jnp.broadcast_to(x, (q.shape[0], x.shape[1], q.shape[1], k.shape[1]))
+  return x if x.dtype == jnp.bool_ else x.astype(q.dtype)
 
 
 def attention_logits(q: jax.Array, k: jax.Array, bias: jax.Array | None, scale: float,
@@ -175,7 +189,8 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | No
   a ViT-S stack) than `jax.nn.dot_product_attention`'s XLA path (a grouped-query vmap, the scale applied to the
   B·H·L·S logits). `probs`: those probabilities, when the caller has them already."""
   if impl == "cudnn":
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=causal, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, bias=cudnn_bias(bias, q, k), scale=scale, is_causal=causal,
+                                        implementation="cudnn")
   if probs is None:
     probs = jax.nn.softmax(attention_logits(q, k, bias, scale, causal), axis=-1)
   return jnp.einsum("bhls,bshd->blhd", probs.astype(v.dtype), v)
@@ -241,7 +256,8 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(logits + bias, axis=-1)
       out = dot_attention(q, k, v, bias, scale, probs=probs)
     else:
-      out = dot_attention(q, k, v, bias, scale, self.causal, attention_impl(self.attn_impl, q.dtype, dh))
+      impl = attention_impl(self.attn_impl, q.dtype, dh, (q.shape[1], k.shape[1]), bias is not None)
+      out = dot_attention(q, k, v, bias, scale, self.causal, impl)
     y = Dense(d, axes=("heads", "kv", "embed"), in_ndim=2, kernel_init=self.kernel_init, name=out_name,
               **kw)(out)
     if self.return_attn is None:
@@ -288,8 +304,9 @@ def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
   """
   dh = q.shape[-1]
   if deterministic or dropout_rate == 0.0:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=dh ** -0.5,
-                                        implementation=attention_impl(attn_impl, q.dtype, dh))
+    impl = attention_impl(attn_impl, q.dtype, dh, (q.shape[1], k.shape[1]), mask is not None)
+    return jax.nn.dot_product_attention(q, k, v, mask=cudnn_bias(mask, q, k) if impl == "cudnn" else mask,
+                                        scale=dh ** -0.5, implementation=impl)
   logits = jnp.einsum("blhd,bshd->bhls", q, k, preferred_element_type=jnp.float32) * dh ** -0.5
   if mask is not None:  # the value jax.nn.dot_product_attention uses: fully masked rows become uniform
     logits = jnp.where(mask, logits, -0.7 * float(jnp.finfo(jnp.float32).max))
