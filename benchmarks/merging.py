@@ -43,12 +43,14 @@ def methods(enc: dict, schedule) -> dict:
           "ToMe": {**enc, "merge_schedule": tuple(schedule), "merge_saliency": False}}
 
 
-def throughput(encs: dict, params, num_classes: int, frames: int, size: int, batch: int, runs: int) -> dict:
-  """name -> median clips/s of the jitted forward on a random (batch, frames, size, size, 3) input."""
+def throughput(encs: dict, params, num_classes: int, frames: int, size: int, batch: int, runs: int,
+               dtype=jnp.float32) -> dict:
+  """name -> median clips/s of the jitted forward (compute in `dtype`) on a random (batch, frames, size, size, 3)
+  input."""
   video = jax.random.normal(jax.random.key(1), (batch, frames, size, size, 3), jnp.float32)
   fns, reps = {}, {}
   for name, enc in encs.items():
-    model = VideoClassifier(encoder=enc, num_classes=num_classes)
+    model = VideoClassifier(encoder=enc, num_classes=num_classes, dtype=dtype)
     fn = fns[name] = jax.jit(lambda p, v, m=model: m.apply({"params": p}, v))
     fn(params, video).block_until_ready()  # compile (and a first run)
     t0 = time.perf_counter()
@@ -82,7 +84,7 @@ def table(rows: list[dict], batch_sizes: list[int]) -> str:
 
 
 def measure(label: str, encs: dict, params, num_classes: int, frames: int, size: int, batch_sizes, runs: int,
-            log) -> list[dict]:
+            log, dtype=jnp.float32) -> list[dict]:
   """One row per method: FLOPs, clips/s per batch size, speed-up over `none` at the largest batch."""
   enc0 = encs["none"]
   grid, tubelet = size // enc0["patch_size"], enc0.get("tubelet_size", 1)
@@ -91,7 +93,7 @@ def measure(label: str, encs: dict, params, num_classes: int, frames: int, size:
                  "cut": ms.flops_cut(enc, frames, grid, num_classes, tubelet), "clips_s": {}}
           for name, enc in encs.items()}
   for b in batch_sizes:
-    got = throughput(encs, params, num_classes, frames, size, b, runs)
+    got = throughput(encs, params, num_classes, frames, size, b, runs, dtype)
     for name, v in got.items():
       rows[name]["clips_s"][b] = v
     log(f"{label} batch {b}: " + ", ".join(f"{k} {v:.2f} clips/s" for k, v in got.items()))
@@ -101,15 +103,17 @@ def measure(label: str, encs: dict, params, num_classes: int, frames: int, size:
 
 
 def b16_rows(args, log) -> list[dict]:
-  enc = vit.vit_kwargs("B", linear_init="trunc_normal")
+  enc = vit.vit_kwargs("B", linear_init="trunc_normal", attn_impl=args.attn_impl or None)
   frames, size, classes = 8, 224, 400
   grid = size // 16
   schedule = [int(r) for r in args.schedule.split(",")] if args.schedule else \
       ms.candidates(enc, frames, grid, classes, args.cut, ("decreasing",))[0]
   model = VideoClassifier(encoder=enc, num_classes=classes)
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, frames, size, size, 3)))["params"]
-  return measure("B/16 random, 8×224²", methods(enc, schedule), params, classes, frames, size,
-                 args.b16_batch_sizes or args.batch_sizes, args.runs, log)
+  label = "B/16 random, 8×224²" + ("" if args.dtype == "float32" else f", {args.dtype}") + \
+      (f", attention {args.attn_impl}" if args.attn_impl else "")
+  return measure(label, methods(enc, schedule), params, classes, frames, size,
+                 args.b16_batch_sizes or args.batch_sizes, args.runs, log, jnp.dtype(args.dtype))
 
 
 def demo_rows(args, log) -> tuple[list[dict], list[int], str]:
@@ -198,6 +202,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--search_split", default="train")
   ap.add_argument("--eval_batch", type=int, default=50)
   ap.add_argument("--skip_b16", action="store_true")
+  ap.add_argument("--dtype", default="float32", help="B/16's compute dtype (GPU: bfloat16)")
+  ap.add_argument("--attn_impl", default="", help="B/16's attention: xla (default), cudnn or auto")
   ap.add_argument("--png", default="", help="merge map of demo clips (default <workdir>/merge_map.png)")
   ap.add_argument("--out", default="", help="also write the rows as JSON")
   args = ap.parse_args(argv)

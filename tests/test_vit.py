@@ -198,3 +198,19 @@ def test_auto_attention_picks_cudnn_only_where_it_runs(monkeypatch):
   assert auto(jnp.bfloat16, 64, (967, 967), bias=True) == "xla"  # cuDNN's biased backward needs even lengths
   assert auto(jnp.bfloat16, 64, (967, 967)) == "cudnn"
   assert auto(jnp.float32, 64) == "xla" and auto(jnp.bfloat16, 136) == "xla" and auto(jnp.bfloat16, 60) == "xla"
+
+
+def test_attention_check_benchmark_runs_every_case_and_reports_cudnn_absent_on_cpu():
+  """benchmarks/attention_check.py (the GPU check of cuDNN against XLA attention): on CPU the XLA rows run
+  and equal the fp32 reference exactly in fp32; the cudnn rows say why they did not run."""
+  from benchmarks import attention_check
+  lines = attention_check.main(["--shapes", "2x8x2x8", "--runs", "1", "--dtype", "float32"])
+  rows = [line.split(" | ") for line in lines if line.startswith("| 2x8x2x8")]
+  assert [(r[1], r[2]) for r in rows] == [(c, i) for c in attention_check.CASES for i in ("xla", "cudnn")]
+  for r in rows:
+    if r[2] == "xla":
+      assert r[3] == "no" and float(r[4]) == 0.0 and float(r[5]) == 0.0
+    else:
+      assert r[3].startswith("did not run")
+  with pytest.raises(SystemExit, match="batch x tokens"):
+    attention_check.main(["--shapes", "2x8x2"])
