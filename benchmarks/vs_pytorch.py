@@ -2,6 +2,8 @@
 
   python -m benchmarks.vs_pytorch                       # the three configs below, 2 threads each
   python -m benchmarks.vs_pytorch --configs s112 --rounds 7 --steps 3
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python -m benchmarks.vs_pytorch --device cuda --dtype bfloat16 \
+      --configs s224,b224 --rounds 3 --steps 5     # one GPU: jax and torch share it, so no preallocation
 
 PyTorch side (official semantics, the modules of tests/torch_ref.py with the official key names, plus timm's
 DropPath): the frozen CLIP teacher under `no_grad` (`VisualTransformer.teacher`: frame-wise, the last K blocks
@@ -13,7 +15,9 @@ Inference: the fine-tune `VisionTransformer` (mean pool, fc_norm, head) under `n
 jitted. Both sides use `--threads` threads (torch.set_num_threads; XLA:CPU's pool is sized by the cores, so
 run under `taskset` with as many cores). Rounds interleave the two sides; the table gives medians over all
 timed steps. `--official PATH` also times the official `single_modality` modules of an OpenGVLab/unmasked_teacher
-checkout (imported from PATH at run time; nothing of it is copied here).
+checkout (imported from PATH at run time; nothing of it is copied here). `--dtype bfloat16`: PyTorch under
+`torch.autocast` (the official code trains under autocast too, fp16 with a loss scaler), umt_jax with bf16 compute
+and fp32 params; attention `auto` on the umt_jax side (cuDNN flash attention on a GPU, XLA elsewhere).
 """
 from __future__ import annotations
 
@@ -29,12 +33,13 @@ CONFIGS = {  # name: (student variant, frames, size, batch); teacher 384 wide ×
     "s112": ("S", 8, 112, 4),
     "s224": ("S", 8, 224, 4),
     "ti112": ("Ti", 8, 112, 4),  # overhead-heavy: small matmuls, the same number of ops
+    "b224": ("B", 8, 224, 32),  # for a GPU
 }
 TEACHER = dict(width=384, layers=6, heads=6, embed=256, patch=16)
 ALIGN, MASK, DROP_PATH = 4, 0.8, 0.1
 
 
-def jax_side(variant: str, frames: int, size: int, batch: int):
+def jax_side(variant: str, frames: int, size: int, batch: int, dtype: str = "float32"):
   """-> (train_step() -> loss, infer() -> logits) on umt_jax's compiled programs, random weights."""
   import jax
   import jax.numpy as jnp
@@ -46,8 +51,8 @@ def jax_side(variant: str, frames: int, size: int, batch: int):
   c = config_lib.base("umt")
   c.batch_size = batch
   c.data.update(num_frames=frames, size=size)
-  c.model.update(variant=variant, drop_path=DROP_PATH, dtype="float32", attn_impl="xla")
-  c.teacher.update(align_layers=ALIGN, mask_ratio=MASK, dtype="float32")
+  c.model.update(variant=variant, drop_path=DROP_PATH, dtype=dtype, attn_impl="auto")
+  c.teacher.update(align_layers=ALIGN, mask_ratio=MASK, dtype=dtype)
   tcfg = CLIPConfig(embed_dim=TEACHER["embed"], image_size=size, patch_size=TEACHER["patch"],
                     vision_width=TEACHER["width"], vision_layers=TEACHER["layers"], vision_heads=TEACHER["heads"])
   task = umt_pretrain.model_task(c, tcfg, None)
@@ -65,15 +70,18 @@ def jax_side(variant: str, frames: int, size: int, batch: int):
     box["state"], out = step(box["state"], {"video": video}, extra)
     return float(out["loss"])
 
-  clf = VideoClassifier(config_lib.student_kwargs(c.model), num_classes=400)
+  clf = VideoClassifier(config_lib.student_kwargs(c.model), num_classes=400, dtype=jnp.dtype(dtype))
   x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, frames, size, size, 3)), jnp.float32)
   p = jax.jit(clf.init)(key, x[:1])
   fwd = jax.jit(lambda p, x: clf.apply(p, x)).lower(p, x).compile()
   return train_step, lambda: np.asarray(fwd(p, x))
 
 
-def torch_side(variant: str, frames: int, size: int, batch: int, official: str = ""):
-  """-> (train_step() -> loss, infer() -> logits) in PyTorch eager, the official stage-1 semantics."""
+def torch_side(variant: str, frames: int, size: int, batch: int, official: str = "", device: str = "cpu",
+               dtype: str = "float32"):
+  """-> (train_step() -> loss, infer() -> logits) in PyTorch eager on `device`, the official stage-1 semantics
+  (under bf16 autocast for dtype 'bfloat16')."""
+  import contextlib
   import torch
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
   from tests import torch_ref
@@ -82,7 +90,7 @@ def torch_side(variant: str, frames: int, size: int, batch: int, official: str =
   v = VARIANTS[variant]
   t = TEACHER
   teacher = torch_ref.VisualTransformer(size, t["patch"], t["width"], t["layers"], t["heads"], t["embed"],
-                                        conv3d=True).eval().requires_grad_(False)
+                                        conv3d=True).eval().requires_grad_(False).to(device)
   if official:
     student = official_student(official, v, frames, size)
   else:
@@ -91,37 +99,41 @@ def torch_side(variant: str, frames: int, size: int, batch: int, official: str =
     rates = np.linspace(0, DROP_PATH, v.depth)
     for i, blk in enumerate(student.encoder.blocks):  # timm's DropPath on both residual branches
       blk.forward = _drop_path_forward(blk, float(rates[i]))
+  student.to(device)
   decay = [p for n, p in student.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
   rest = [p for n, p in student.named_parameters() if not (p.ndim > 1 and not n.endswith(".bias"))]
   opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
                           lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
   g = torch.Generator().manual_seed(0)
-  video = torch.rand((batch, 3, frames, size, size), generator=g)
+  video = torch.rand((batch, 3, frames, size, size), generator=g).to(device)
+  amp = (lambda: torch.autocast(torch.device(device).type, torch.bfloat16)) if dtype == "bfloat16" else \
+      contextlib.nullcontext
 
   def train_step():
-    with torch.no_grad():
+    with torch.no_grad(), amp():
       norm_clip, attn = teacher.teacher(video, ALIGN)  # (K, B, T·N, C), (B·T, N)
       bt, n = attn.shape
       n_vis = n - int(n * MASK)
-      importance = torch.multinomial(attn, n)
-      mask = torch.ones((bt, n))
-      mask[torch.arange(bt).view(-1, 1).repeat(1, n_vis), importance[:, :n_vis]] = 0
+      importance = torch.multinomial(attn.float(), n)
+      mask = torch.ones((bt, n), device=video.device)
+      mask[torch.arange(bt, device=video.device).view(-1, 1).repeat(1, n_vis), importance[:, :n_vis]] = 0
       mask = mask.view(batch, -1).to(torch.bool)
       k, c = norm_clip.shape[0], norm_clip.shape[-1]
       targets = norm_clip[~mask.unsqueeze(0).repeat(k, 1, 1)].reshape(k, batch, -1, c)
-    out = student(video, mask)
-    loss = (2 - 2 * (out * targets).sum(dim=-1)).mean()
+    with amp():
+      out = student(video, mask)
+      loss = (2 - 2 * (out.float() * targets.float()).sum(dim=-1)).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return loss.item()
 
   clf = torch_ref.Classifier(v.embed_dim, v.depth, v.num_heads, v.mlp_dim, v.patch_size, 1, frames, size, 400)
-  clf.eval()
+  clf.eval().to(device)
 
   def infer():
-    with torch.no_grad():
-      return clf(video).numpy()
+    with torch.no_grad(), amp():
+      return clf(video).float().cpu().numpy()
   return train_step, infer
 
 
@@ -168,13 +180,16 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
   ap.add_argument("--threads", type=int, default=2)
   ap.add_argument("--official", default="", help="an OpenGVLab/unmasked_teacher checkout (optional)")
+  ap.add_argument("--device", default="cpu", help="PyTorch's device: cpu or cuda (jax uses its default backend)")
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   args = ap.parse_args()
   import torch
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   import jax
+  where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({os.cpu_count()} cores), torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads); medians of {args.rounds}×{args.steps} steps, "
+        f"{torch.__version__} on {args.device} ({where}), {args.dtype}; medians of {args.rounds}×{args.steps} steps, "
         f"interleaved; load average at start {os.getloadavg()[0]:.1f}")
   rows = []
   for name in args.configs.split(","):
@@ -182,9 +197,9 @@ def main() -> None:
       raise SystemExit(f"--configs: unknown {name!r}; expected some of {sorted(CONFIGS)}")
     variant, frames, size, batch = CONFIGS[name]
     t0 = time.perf_counter()
-    j_train, j_infer = jax_side(variant, frames, size, batch)
+    j_train, j_infer = jax_side(variant, frames, size, batch, args.dtype)
     t_build = time.perf_counter() - t0
-    p_train, p_infer = torch_side(variant, frames, size, batch, args.official)
+    p_train, p_infer = torch_side(variant, frames, size, batch, args.official, args.device, args.dtype)
     for f in (j_train, p_train, j_infer, p_infer):  # warm-up (jax: first run after compile; torch: allocator)
       f()
     times = {k: [] for k in ("jt", "pt", "ji", "pi")}
