@@ -26,12 +26,11 @@ if [ "${1:-}" = "wheels" ]; then
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       -d .whl $WHEELS
 fi
-PARTS=${*:-attention train_step merging vs_pytorch}
+ALL="attention train_step merging vs_pytorch"
+PARTS=${*:-$ALL}
 for part in $PARTS; do
-  case $part in attention|train_step|merging|vs_pytorch) ;;
-    *) echo "benchmarks/gpu.sh: unknown part $part; expected wheels or some of attention train_step merging vs_pytorch" >&2
-       exit 2 ;;
-  esac
+  [[ " $ALL " == *" $part "* ]] || { echo "benchmarks/gpu.sh: unknown part $part; expected wheels or some of $ALL" >&2
+                                     exit 2; }
 done
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"

@@ -168,14 +168,16 @@ def test_cudnn_operands_pass_jax_cudnn_layout_check():
   layout = fa._normalize_layout("BTNH")
   mass = jnp.log(jnp.arange(1.0, 7.0))[None, None, None, :].repeat(2, 0)  # (B, 1, 1, S) fp32
   mask = (jnp.arange(6) < 4)[None, None, None, :].repeat(2, 0)
+  def check(x):  # what jax's cuDNN attention does with a bias (float) or a mask (bool) before the kernel
+    bias, msk = (None, x) if x.dtype == bool else (x, None)
+    fa.check_layout(q, k, v, fa.combine_bias_and_mask(bias, msk, q.dtype), *[None] * 6, layout)
+
   for raw in (mass, mask):
     with pytest.raises(ValueError, match="same seq length"):
-      fa.check_layout(q, k, v, fa.combine_bias_and_mask(*((raw, None) if raw.dtype != bool else (None, raw)),
-                                                         q.dtype), *[None] * 6, layout)
+      check(raw)
     full = layers.cudnn_bias(raw, q, k)
     assert full.shape == (2, 1, 6, 6) and full.dtype == (jnp.bool_ if raw.dtype == bool else q.dtype)
-    fa.check_layout(q, k, v, fa.combine_bias_and_mask(*((full, None) if raw.dtype != bool else (None, full)),
-                                                       q.dtype), *[None] * 6, layout)
+    check(full)
   qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))
   want = layers.dot_attention(qf, kf, vf, mass, 0.25)
   got = layers.dot_attention(qf, kf, vf, layers.cudnn_bias(mass, qf, kf), 0.25)
