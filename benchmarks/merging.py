@@ -7,7 +7,9 @@ clips/s of the jitted forward without merging, with vid-TLDR and with ToMe (same
 (ii) with --workdir, the demo's fine-tuned classifier (<workdir>/finetune/params.npz, the demo's data): the same
 plus top-1 on the demo's test split. Its schedule is found by umt_jax.tools.merge_schedule (FLOPs cut ≥ --cut)
 on --search_split (default `pretrain`: held out from fine-tuning's labels, and not the test split); ToMe is reported
-with that schedule and with its own best searched schedule. B/16's schedule is the `decreasing` family from
+with that schedule and with its own best searched schedule. Top-1 is given with the classifier's pooling
+(--pool, `model.merge.pool`: default `count`, each token weighted by the patches it holds), with the other
+pooling beside it (`mean`, unweighted), and on the search split. B/16's schedule is the `decreasing` family from
 block 0 (r, r/2, r/4) with the smallest r meeting --cut, unless --schedule names one.
 
 Timing: every model is compiled (and run) and run once more before timing; then the models take turns, each
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from umt_jax import flops, input_pipeline as ip
-from umt_jax.models import vit
+from umt_jax.models import merging, vit
 from umt_jax.models.heads import VideoClassifier
 from umt_jax.tools import merge_schedule as ms
 
@@ -44,13 +46,13 @@ def methods(enc: dict, schedule) -> dict:
 
 
 def throughput(encs: dict, params, num_classes: int, frames: int, size: int, batch: int, runs: int,
-               dtype=jnp.float32) -> dict:
+               dtype=jnp.float32, pool: str = "count") -> dict:
   """name -> median clips/s of the jitted forward (compute in `dtype`) on a random (batch, frames, size, size, 3)
   input."""
   video = jax.random.normal(jax.random.key(1), (batch, frames, size, size, 3), jnp.float32)
   fns, reps = {}, {}
   for name, enc in encs.items():
-    model = VideoClassifier(encoder=enc, num_classes=num_classes, dtype=dtype)
+    model = VideoClassifier(encoder=enc, num_classes=num_classes, merge_pool=pool, dtype=dtype)
     fn = fns[name] = jax.jit(lambda p, v, m=model: m.apply({"params": p}, v))
     fn(params, video).block_until_ready()  # compile (and a first run)
     t0 = time.perf_counter()
@@ -71,20 +73,27 @@ def gflops(enc: dict, frames: int, grid: int, num_classes: int, tubelet: int = 1
   return flops.classifier_forward(frames // tubelet * grid * grid, enc, num_classes, tubelet) / 1e9
 
 
-def table(rows: list[dict], batch_sizes: list[int]) -> str:
+def _rate(v: float) -> str:
+  return f"{v:.3g}" if v < 1000 else f"{v:.0f}"
+
+
+def table(rows: list[dict], batch_sizes: list[int], pool: str = "count", search_split: str = "pretrain") -> str:
+  other = next(p for p in merging.POOLS if p != pool)
   head = (["model", "merging", "schedule", "GFLOP/clip", "FLOPs cut"] + [f"clips/s b={b}" for b in batch_sizes]
-          + ["speed-up (largest b)", "top-1"])
+          + ["speed-up (largest b)", f"top-1 ({pool} pool)", f"top-1 ({other} pool)",
+             f"top-1 on `{search_split}` ({pool} pool)"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     cells = [r["model"], r["merging"], ",".join(map(str, r["schedule"])) or "-", f"{r['gflops']:.4g}",
-             f"{100 * r['cut']:.1f}%"] + [f"{r['clips_s'][b]:.3g}" if b in r["clips_s"] else "-" for b in batch_sizes]
-    cells += [f"{r['speedup']:.2f}x" if "speedup" in r else "-", f"{r['top1']:.1f}" if "top1" in r else "-"]
+             f"{100 * r['cut']:.1f}%"] + [_rate(r["clips_s"][b]) if b in r["clips_s"] else "-" for b in batch_sizes]
+    cells += [f"{r['speedup']:.2f}x" if "speedup" in r else "-"]
+    cells += [f"{r[k]:.1f}" if k in r else "-" for k in ("top1", "top1_other", "top1_search")]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def measure(label: str, encs: dict, params, num_classes: int, frames: int, size: int, batch_sizes, runs: int,
-            log, dtype=jnp.float32) -> list[dict]:
+            log, dtype=jnp.float32, pool: str = "count") -> list[dict]:
   """One row per method: FLOPs, clips/s per batch size, speed-up over `none` at the largest batch."""
   enc0 = encs["none"]
   grid, tubelet = size // enc0["patch_size"], enc0.get("tubelet_size", 1)
@@ -93,7 +102,7 @@ def measure(label: str, encs: dict, params, num_classes: int, frames: int, size:
                  "cut": ms.flops_cut(enc, frames, grid, num_classes, tubelet), "clips_s": {}}
           for name, enc in encs.items()}
   for b in batch_sizes:
-    got = throughput(encs, params, num_classes, frames, size, b, runs, dtype)
+    got = throughput(encs, params, num_classes, frames, size, b, runs, dtype, pool)
     for name, v in got.items():
       rows[name]["clips_s"][b] = v
     log(f"{label} batch {b}: " + ", ".join(f"{k} {v:.2f} clips/s" for k, v in got.items()))
@@ -113,7 +122,7 @@ def b16_rows(args, log) -> list[dict]:
   label = "B/16 random, 8×224²" + ("" if args.dtype == "float32" else f", {args.dtype}") + \
       (f", attention {args.attn_impl}" if args.attn_impl else "")
   return measure(label, methods(enc, schedule), params, classes, frames, size,
-                 args.b16_batch_sizes or args.batch_sizes, args.runs, log, jnp.dtype(args.dtype))
+                 args.b16_batch_sizes or args.batch_sizes, args.runs, log, jnp.dtype(args.dtype), args.pool)
 
 
 def demo_rows(args, log) -> tuple[list[dict], list[int], str]:
@@ -126,24 +135,33 @@ def demo_rows(args, log) -> tuple[list[dict], list[int], str]:
   spec = ms.clip_spec(data_cfg, meta)
   search_src = ip.Source(data, args.search_split, clip=spec)
   test_src = ip.Source(data, data_cfg["eval_split"], clip=spec)
-  found = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=True, log=log)
-  tome = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=False, log=log)
+  found = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=True, pool=args.pool,
+                    log=log)
+  tome = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=False, pool=args.pool,
+                   log=log)
   schedule = found["best"]["schedule"]
   label = f"demo classifier ({data_cfg['num_frames']}×{data_cfg['size']}², {enc['embed_dim']}-wide, " \
           f"depth {enc['depth']})"
   rows = measure(label, methods(enc, schedule), params, classes, spec.num_frames, spec.size, args.batch_sizes,
-                 args.runs, log)
+                 args.runs, log, pool=args.pool)
   best_tome = {**enc, "merge_schedule": tuple(tome["best"]["schedule"]), "merge_saliency": False}
   grid = spec.size // enc["patch_size"]
   rows.append({"model": label, "merging": "ToMe, own best schedule", "schedule": tome["best"]["schedule"],
                "gflops": gflops(best_tome, spec.num_frames, grid, classes),
                "cut": ms.flops_cut(best_tome, spec.num_frames, grid, classes), "clips_s": {}})
+  searched = {"none": [found["base"] | {"schedule": []}], "vid-TLDR": found["rows"], "ToMe": tome["rows"]}
+  other = next(p for p in merging.POOLS if p != args.pool)
   for r in rows:
     sal = r["merging"] == "vid-TLDR"
-    m = ms.evaluate(params, enc, classes, test_src, args.eval_batch, r["schedule"], sal)
-    r.update(top1=float(m["top1"]), top1_temporal=float(m.get("top1_temporal", np.nan)),
+    m = ms.evaluate(params, enc, classes, test_src, args.eval_batch, r["schedule"], sal, args.pool)
+    m_other = ms.evaluate(params, enc, classes, test_src, args.eval_batch, r["schedule"], sal, other)
+    r.update(top1=float(m["top1"]), top1_other=float(m_other["top1"]),
+             top1_temporal=float(m.get("top1_temporal", np.nan)),
              top1_appearance=float(m.get("top1_appearance", np.nan)))
-    log(f"{r['merging']} {r['schedule']}: test top-1 {r['top1']:.2f}")
+    r.update({"top1_search": c["top1"] for c in searched[r["merging"].split(",")[0]]
+              if list(c["schedule"]) == list(r["schedule"])})
+    log(f"{r['merging']} {r['schedule']}: test top-1 {r['top1']:.2f} ({args.pool} pool), {r['top1_other']:.2f} "
+        f"({other} pool)")
   from benchmarks import merge_map
   if args.png:
     merge_map.save(params, enc, classes, test_src, schedule, args.png)
@@ -203,6 +221,8 @@ def main(argv=None) -> dict:
                   "`pretrain`, labelled clips the classifier never saw with their labels (its `train` clips are "
                   "memorised, so merging barely hurts them)")
   ap.add_argument("--eval_batch", type=int, default=50)
+  ap.add_argument("--pool", default="count", choices=merging.POOLS,
+                  help="the classifier's pooling of merged tokens (model.merge.pool); the other is reported beside")
   ap.add_argument("--skip_b16", action="store_true")
   ap.add_argument("--dtype", default="float32", help="B/16's compute dtype (GPU: bfloat16)")
   ap.add_argument("--attn_impl", default="", help="B/16's attention: xla (default), cudnn or auto")
@@ -224,7 +244,7 @@ def main(argv=None) -> dict:
       retrieval = retrieval_rows(args, schedule, log)
   sizes = sorted({b for r in rows for b in r["clips_s"]})
   text = (f"token merging, {jax.devices()[0].device_kind} ({os.cpu_count()} cores), median of {args.runs}, "
-          f"{time.time() - t0:.0f} s\n\n" + table(rows, sizes))
+          f"{time.time() - t0:.0f} s\n\n" + table(rows, sizes, args.pool, args.search_split))
   if note:
     text += "\n\n" + note
   if retrieval:

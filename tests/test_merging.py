@@ -24,9 +24,9 @@ _merge = jax.jit(merging.bipartite_merge, static_argnums=2)  # eager dispatch co
 SCHEDULES = [(8, 0, 4), (16, 0.5, 4)]
 
 
-def _classifier(schedule=(), saliency=True, classes=5):
+def _classifier(schedule=(), saliency=True, classes=5, pool="count"):
   return VideoClassifier(encoder={**TINY, "merge_schedule": tuple(schedule), "merge_saliency": saliency},
-                         num_classes=classes)
+                         num_classes=classes, merge_pool=pool)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def params(video):
   return p
 
 
-def _torch(params, schedule, saliency):
-  ref = torch_vidtldr.Classifier(32, 4, 2, 64, 8, FRAMES, IMG, 5, schedule, saliency)
+def _torch(params, schedule, saliency, pool="count"):
+  ref = torch_vidtldr.Classifier(32, 4, 2, 64, 8, FRAMES, IMG, 5, schedule, saliency, pool)
   sd = torch_export.classifier_state_dict(params, TINY, FRAMES, IMG)
   ref.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
   return ref
@@ -56,7 +56,7 @@ def _torch(params, schedule, saliency):
 def _block_out(intermediates, i):
   """Block i's captured output -> (x, size or None): blocks return x alone until the first merge."""
   out = intermediates[f"blocks_{i}"]["__call__"][0]
-  return out if isinstance(out, tuple) else (out, None)
+  return out[:2] if isinstance(out, tuple) else (out, None)
 
 
 @pytest.mark.parametrize("saliency", [True, False], ids=["vidtldr", "tome"])
@@ -75,6 +75,7 @@ def test_merged_classifier_matches_torch_layer_by_layer(params, video, schedule,
     counts = merging.merge_counts(schedule, N, 4)
     for i in range(4):
       ref.info["size"] = None if size is None else torch.from_numpy(np.array(size))[..., None]
+      ref.info["count"] = None  # counts only feed the pool, compared below through the whole forward
       tx = ref.blocks[i](x)
       jx, size = _block_out(blocks, i)
       n -= counts[i]
@@ -87,6 +88,11 @@ def test_merged_classifier_matches_torch_layer_by_layer(params, video, schedule,
   for i, (tx, _) in enumerate(ref.trace):  # the whole forward: same tokens kept, small drift
     np.testing.assert_allclose(_block_out(blocks, i)[0], tx.numpy(), atol=1e-4)
   np.testing.assert_allclose(logits, want, atol=1e-5)
+  unweighted = jax.jit(_classifier(schedule, saliency, pool="mean").apply)({"params": params}, video)
+  with torch.no_grad():
+    np.testing.assert_allclose(unweighted, _torch(params, schedule, saliency, "mean")(to_torch_video(video)).numpy(),
+                               atol=1e-5)
+  assert np.abs(np.asarray(unweighted) - np.asarray(logits)).max() > 1e-6  # the two pools differ under merging
   total = np.asarray(size).sum(axis=1)
   if saliency:  # background sources were dropped
     assert np.all(total < N), total
@@ -100,21 +106,27 @@ def test_merge_masses_background_dropped_foreground_weighted():
   size = jnp.asarray(rng.uniform(1, 3, (2, 12)), jnp.float32)
   r = 4
   # All A tokens background: destinations keep their features and masses, nothing is added.
-  bx, bsize = _merge(x, size, r, jnp.zeros((2, 12)))
+  bx, bsize, bcount = _merge(x, size, r, jnp.zeros((2, 12)))
+  np.testing.assert_array_equal(bcount.sum(1), 12)  # dropped sources still count, in their destinations
   np.testing.assert_allclose(bx[:, 6 - r:], x[:, 1::2], rtol=1e-6)
   np.testing.assert_allclose(bsize[:, 6 - r:], size[:, 1::2], rtol=1e-6)
   np.testing.assert_allclose(bsize.sum(1), size.sum(1) - (size[:, ::2].sum(1) - bsize[:, :6 - r].sum(1)), rtol=1e-6)
   # ŝ = 1 everywhere is the saliency-free merge, and mass is conserved exactly.
-  ox, osize = _merge(x, size, r, jnp.ones((2, 12)))
-  tx, tsize = _merge(x, size, r, None)
+  ox, osize, _ = _merge(x, size, r, jnp.ones((2, 12)))
+  tx, tsize, _ = _merge(x, size, r, None)
   np.testing.assert_array_equal(ox, tx)
   np.testing.assert_allclose(osize.sum(1), size.sum(1), rtol=1e-6)
   # ŝ = 0.5 on unit masses: each merged source adds half its mass.
-  _, hsize = _merge(x, None, r, jnp.full((2, 12), 0.5))
+  _, hsize, hcount = _merge(x, None, r, jnp.full((2, 12), 0.5))
   np.testing.assert_allclose(hsize.sum(1), 12 - 0.5 * r, rtol=1e-6)
+  _, csize, ccount = _merge(x, None, r, None)  # without saliency, from unit masses, counts are the masses
+  np.testing.assert_array_equal(hcount, ccount)
+  np.testing.assert_array_equal(ccount, csize)
+  _, _, count2 = _merge(x, size, r, jnp.zeros((2, 12)), jnp.full((2, 12), 2.0))  # counts in are carried on
+  np.testing.assert_array_equal(count2, 2 * ccount)
   # A mixed score against the torch restatement of `merging` + `merge_wavg`.
   score = jnp.asarray(np.where(rng.rand(2, 12) < 0.5, 0.0, rng.rand(2, 12)), jnp.float32)
-  mx, msize = _merge(x, size, r, score)
+  mx, msize, _ = _merge(x, size, r, score)
   t = lambda a: torch.from_numpy(np.array(a))
   want_x, want_size = torch_vidtldr.merge_wavg(torch_vidtldr.merging(t(x), r, t(score)[..., None]), t(x),
                                                t(size)[..., None])
@@ -125,7 +137,7 @@ def test_merge_masses_background_dropped_foreground_weighted():
 def test_token_order_is_unmerged_a_ascending_then_b():
   x = np.random.RandomState(3).randn(1, 16, 8).astype(np.float32)
   r = 3
-  out, _ = _merge(jnp.asarray(x), None, r)
+  out, _, _ = _merge(jnp.asarray(x), None, r)
   out = np.asarray(out)[0]
   a, b = x[0, ::2], x[0, 1::2]
   unm = [int(np.argmin(np.abs(a - row).sum(1))) for row in out[:8 - r]]
@@ -141,7 +153,7 @@ def test_tome_mode_equals_tome_reference():
   rng = np.random.RandomState(4)
   x, size = rng.randn(2, 20, 8).astype(np.float32), rng.uniform(1, 3, (2, 20)).astype(np.float32)
   r = 6
-  out, osize = _merge(jnp.asarray(x), jnp.asarray(size), r)
+  out, osize, _ = _merge(jnp.asarray(x), jnp.asarray(size), r)
   tx, tsize = torch_vidtldr.tome_merge_wavg(torch_vidtldr.bipartite_soft_matching(torch.from_numpy(x), r),
                                             torch.from_numpy(x), torch.from_numpy(size)[..., None])
   tx, tsize = tx.numpy(), tsize[..., 0].numpy()
@@ -218,6 +230,9 @@ def test_empty_schedule_is_bit_identical(params, video):
   cfg.model.merge.schedule = [8, 4]
   kw = config_lib.student_kwargs(cfg.model)
   assert kw["merge_schedule"] == (8, 4) and kw["merge_saliency"] is True
+  from umt_jax.trainers import finetune
+  cfg.model.merge.pool = "mean"
+  assert finetune.build(cfg, 5).merge_pool == "mean"
 
 
 def test_sharded_merged_classifier_equals_one_device(params, video):
@@ -256,6 +271,11 @@ def test_bad_schedule_is_reported(video, schedule, match):
     merging.merge_counts(schedule, N, 4)
   with pytest.raises(ValueError, match="model.merge.schedule"):
     VisionTransformer(**TINY, merge_schedule=schedule).init(jax.random.key(0), video)
+
+
+def test_bad_pool_is_reported(params, video):
+  with pytest.raises(ValueError, match=r"model.merge.pool 'max': expected one of \('count', 'mean'\)"):
+    _classifier(SCHEDULES[0], pool="max").apply({"params": params}, video)
 
 
 def test_merge_counts_official_semantics():

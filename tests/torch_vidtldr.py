@@ -4,7 +4,9 @@ Function names follow the official code: `get_objective_score`, `merging`, `merg
 multi_modality/utils/vid_TLDR.py), the attention and block of multi_modality/models/backbones/vit/vit.py, and
 ToMe's `bipartite_soft_matching` (facebookresearch/ToMe tome/merge.py). Semantics are restated, not copied.
 `Classifier` is the official fine-tune ViT (key names of tests/torch_ref.py) with the vid-TLDR hook in every block
-and mean pooling over the (merged) tokens; it records each block's (x, size) in `trace`.
+and mean pooling over the (merged) tokens (`pool='count'`: each weighted by the input patches it holds,
+umt_jax's classifier default, counted with ToMe's matching on the same x; 'mean': unweighted, the official
+retrieval pooling); it records each block's (x, size) in `trace`.
 """
 from __future__ import annotations
 
@@ -74,6 +76,8 @@ def vidTLDR(x: torch.Tensor, attn: torch.Tensor, info: dict, layer: int) -> torc
   if not r:
     return x
   score = get_objective_score(attn) if info["saliency"] else None
+  count = torch.ones_like(x[..., :1]) if info.get("count") is None else info["count"]
+  info["count"] = merging(x, r, None)(count)  # the matching ignores the score: the same pairs, unweighted
   x, info["size"] = merge_wavg(merging(x, r, score), x, info["size"])
   return x
 
@@ -138,8 +142,10 @@ class Block(nn.Module):
 class Classifier(nn.Module):
   """Fine-tune ViT + vid-TLDR: patch_embed, pos_embed (when N ≠ 8·14·14), blocks.i, fc_norm, head."""
 
-  def __init__(self, dim, depth, heads, hidden, patch, frames, img, classes, schedule, saliency=True):
+  def __init__(self, dim, depth, heads, hidden, patch, frames, img, classes, schedule, saliency=True,
+               pool="count"):
     super().__init__()
+    self.pool = pool
     self.info = {"r": list(schedule), "saliency": saliency, "size": None}
     self.patch_embed = PatchEmbed(dim, patch, 1)
     n = frames * (img // patch) ** 2
@@ -151,9 +157,12 @@ class Classifier(nn.Module):
     self.trace: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
   def forward(self, video):  # (B, C, T, H, W)
-    self.info["size"], self.trace = None, []  # the official resetInfo
+    self.info["size"], self.info["count"], self.trace = None, None, []  # the official resetInfo
     x = self.patch_embed(video) + self.pos_embed.detach()
     for blk in self.blocks:
       x = blk(x)
       self.trace.append((x, self.info["size"]))
+    count = self.info["count"]
+    if self.pool == "count" and count is not None:
+      return self.head(self.fc_norm((x * count).sum(1) / count.sum(1)))
     return self.head(self.fc_norm(x.mean(1)))

@@ -58,8 +58,10 @@ def base(trainer: str) -> ml_collections.ConfigDict:
       tubelet_size=1, drop_path=0.1, dtype="float32", remat="none", attn_impl=""))  # attn_impl: ""/xla, cudnn, auto
   # vid-TLDR token merging: schedule = tokens merged per block (r ≥ 1) or fractions of the block's tokens, e.g.
   # (600, 200, 100) (the official MSRVTT B/16 `vidTLDR_r`); () = off (a tuple, so a flag can set it). saliency
-  # False: the ToMe mode (umt_jax.models.merging).
-  c.model.merge = ml_collections.ConfigDict(dict(schedule=(), saliency=True))
+  # False: the ToMe mode (umt_jax.models.merging). pool: the classifier's pooling of merged tokens, 'count'
+  # (each weighted by the patches it holds) or 'mean' (unweighted, the official retrieval pooling, which stage 2
+  # always uses).
+  c.model.merge = ml_collections.ConfigDict(dict(schedule=(), saliency=True, pool="count"))
 
   if trainer == "clip":  # the demo's stage-0 CLIP (image_size follows data.size, vocab the tokenizer)
     c.clip = ml_collections.ConfigDict(dict(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from umt_jax.models import layers
+from umt_jax.models import layers, merging
 from umt_jax.models.posemb import video_pos_table
 from umt_jax.models.vit import Block, VisionTransformer, gather_tokens, ref_grid
 
@@ -156,25 +156,36 @@ class _Decoder(nn.Module):
 class VideoClassifier(nn.Module):
   """Fine-tuning model: encoder on all tokens → mean pool → fc_norm → dropout → head.
 
+  Under vid-TLDR / ToMe merging (`encoder['merge_schedule']`) `merge_pool` sets the pool: 'count' weights each
+  token by the input patches it holds, so every patch counts once, as in the mean the classifier was trained on
+  (in ToMe mode the pool of a merge's output is exactly the mean of its input); 'mean' is the unweighted mean,
+  the official (retrieval) pooling. Without merging both are the plain mean.
   __call__(video (B,T,H,W,3), deterministic) -> logits (B, num_classes) in fp32.
   """
   encoder: dict
   num_classes: int = 400
   fc_drop_rate: float = 0.0
   init_scale: float = 0.001
+  merge_pool: str = "count"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, video: jax.Array, deterministic: bool = True) -> jax.Array:
+    if self.merge_pool not in merging.POOLS:
+      raise ValueError(f"model.merge.pool {self.merge_pool!r}: expected one of {merging.POOLS}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # Fine-tuning resizes the 8×P×P reference table for other clip shapes, as the official model does.
     pos_ref = ref_grid(self.encoder.get("patch_size", 16))
-    x, _ = VisionTransformer(**{"linear_init": "trunc_normal", "pos_ref_grid": pos_ref, **self.encoder,
-                                "use_norm": False}, name="encoder", **kw)(video, None, (), deterministic)
-    # Under vid-TLDR merging this is the unweighted mean over the merged tokens, as the official downstream
-    # (retrieval) pooling is; a mass-weighted mean would re-count the merged tokens but not the dropped background.
-    x = layers.LayerNorm(1e-6, name="fc_norm", **kw)(x.astype(jnp.float32).mean(axis=1))
+    x, _, count = VisionTransformer(**{"linear_init": "trunc_normal", "pos_ref_grid": pos_ref, **self.encoder,
+                                      "use_norm": False}, name="encoder", **kw)(video, None, (), deterministic,
+                                                                                return_counts=True)
+    x = x.astype(jnp.float32)
+    if count is None or self.merge_pool == "mean":
+      x = x.mean(axis=1)
+    else:
+      x = jnp.einsum("bnd,bn->bd", x, count) / count.sum(axis=1, keepdims=True)
+    x = layers.LayerNorm(1e-6, name="fc_norm", **kw)(x)
     x = nn.Dropout(self.fc_drop_rate)(x, deterministic=deterministic)
     head_init = lambda key, shape, dtype=jnp.float32: layers.trunc_normal(0.02)(key, shape, dtype) * self.init_scale
     logits = layers.Dense(self.num_classes, axes=("embed", "classes"), kernel_init=head_init, name="head",

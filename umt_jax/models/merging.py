@@ -10,6 +10,8 @@ residual and the MLP. In a block with r > 0:
              background sources add nothing; without saliency ŝ = 1 (mass-weighted ToMe merge). Output order
              [unmerged A in ascending order, B].
 Every block after the first merge adds log m of each key to its attention logits (proportional attention).
+Each merge also sums the input patches each token holds (unweighted counts; not in the official code), which
+the classifier's pool weights tokens by (heads.VideoClassifier).
 The schedule gives r per block, so all token counts are known when tracing: everything jits.
 """
 from __future__ import annotations
@@ -21,6 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from umt_jax.models import layers
+
+POOLS = ("count", "mean")  # the classifier's pooling of merged tokens (heads.VideoClassifier.merge_pool)
 
 
 def merge_counts(schedule: Sequence[float], tokens: int, depth: int) -> tuple[int, ...]:
@@ -61,11 +65,14 @@ def saliency(attn: jax.Array) -> jax.Array:
   return jnp.where(s < mean, 0.0, fg)
 
 
-def bipartite_merge(x: jax.Array, size: jax.Array | None, r: int, score: jax.Array | None = None):
-  """x (B, N, D), size (B, N) token masses or None (all 1), score ŝ (B, N) or None (no saliency)
-  -> (x' (B, N-r, D) in x's dtype, size' (B, N-r) fp32), order [unmerged A ascending, B].
+def bipartite_merge(x: jax.Array, size: jax.Array | None, r: int, score: jax.Array | None = None,
+                    count: jax.Array | None = None):
+  """x (B, N, D), size (B, N) token masses or None (all 1), score ŝ (B, N) or None (no saliency), count (B, N)
+  input patches per token or None (all 1) -> (x' (B, N-r, D) in x's dtype, size' (B, N-r) fp32, count'
+  (B, N-r) fp32), order [unmerged A ascending, B]. Counts add up whatever the saliency (a dropped background
+  patch still counts, in the token it went to); without saliency they equal the masses.
 
-  (the official `merging` + `merge_wavg`; the scatter-add and the masses are fp32)
+  (the official `merging` + `merge_wavg`, which carry no counts; the scatter-add and the masses are fp32)
   """
   b, n, d = x.shape
   if not 0 < r <= n // 2:
@@ -82,15 +89,17 @@ def bipartite_merge(x: jax.Array, size: jax.Array | None, r: int, score: jax.Arr
   src_w = jnp.ones_like(size[:, ::2]) if score is None else score[:, ::2].astype(jnp.float32)
   src_w = jnp.take_along_axis(src_w, src_idx, axis=1)[..., None]
 
-  def merge(v):  # (B, N, C) -> (B, N-r, C): gather A, scatter-add the weighted sources into B
+  def merge(v, w=src_w):  # (B, N, C) -> (B, N-r, C): gather A, scatter-add the w-weighted sources into B
     a, dst = v[:, ::2], v[:, 1::2]
-    src = jnp.take_along_axis(a, src_idx[..., None], axis=1) * src_w
+    src = jnp.take_along_axis(a, src_idx[..., None], axis=1) * w
     dst = jax.vmap(lambda t, i, s: t.at[i].add(s))(dst, dst_idx, src)
     return jnp.concatenate([jnp.take_along_axis(a, unm_idx[..., None], axis=1), dst], axis=1)
 
   new_size = merge(size[..., None])[..., 0]
   new_x = merge(x32 * (size / size_max)[..., None]) / (new_size / size_max)[..., None]
-  return layers.constrain(new_x.astype(x.dtype)), new_size
+  count = jnp.ones((b, n), jnp.float32) if count is None else count.astype(jnp.float32)
+  new_count = merge(count[..., None], 1.0)[..., 0]
+  return layers.constrain(new_x.astype(x.dtype)), new_size, new_count
 
 
 def size_bias(size: jax.Array | None) -> jax.Array | None:

@@ -86,7 +86,8 @@ class Block(nn.Module):
 
   With token masses `size` (B, N) the attention adds log m to its logits; with `merge_r` > 0, vid-TLDR
   (ToMe without `merge_saliency`) merges r tokens between attention and MLP (umt_jax.models.merging).
-  Returns x, or (x (B, N - merge_r, D), size) when `size` is given or `merge_r` > 0.
+  Returns x, or (x (B, N - merge_r, D), size, count) when `size` is given or `merge_r` > 0; `count` (B, N)
+  is the number of input patches each token holds.
   """
   num_heads: int
   mlp_dim: int
@@ -99,7 +100,8 @@ class Block(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True, size: jax.Array | None = None):
+  def __call__(self, x: jax.Array, deterministic: bool = True, size: jax.Array | None = None,
+               count: jax.Array | None = None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     rng = lambda: None if deterministic or self.drop_path == 0 else self.make_rng("dropout")
     h = layers.LayerNorm(1e-6, name="norm1", **kw)(x)
@@ -110,11 +112,11 @@ class Block(nn.Module):
     x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
     if self.merge_r:  # the official hook: after the attention residual, before the MLP
       score = None if attn is None else merging.saliency(jax.lax.stop_gradient(attn))
-      x, size = merging.bipartite_merge(x, size, self.merge_r, score)
+      x, size, count = merging.bipartite_merge(x, size, self.merge_r, score, count)
     y = layers.Mlp(self.mlp_dim, kernel_init=self.kernel_init, name="mlp", **kw)(
         layers.LayerNorm(1e-6, name="norm2", **kw)(x))
     x = layers.constrain(x + layers.drop_path(y, self.drop_path, rng(), deterministic))
-    return x if size is None else (x, size)
+    return x if size is None else (x, size, count)
 
 
 REMAT_POLICIES = {
@@ -129,9 +131,10 @@ class VisionTransformer(nn.Module):
   """Video ViT encoder on all tokens or on a static-size subset of them; no CLS token.
 
   __call__(video (B,T,H,W,3) normalised, visible_idx (B, Nv) sorted token indices or None,
-           return_layers: block indices whose outputs to return, deterministic)
+           return_layers: block indices whose outputs to return, deterministic, return_size)
   -> (x (B, Nv, D) last block output, feats (K, B, Nv, D) outputs of `return_layers` in the given order);
-  both pass through the final `norm` when `use_norm` (the UMT pretraining encoder shares it).
+  both pass through the final `norm` when `use_norm` (the UMT pretraining encoder shares it). With
+  `return_counts`, also the input patches each token holds (B, Nv) fp32 under merging (None without).
   """
   embed_dim: int = 768
   depth: int = 12
@@ -160,7 +163,7 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array, visible_idx: jax.Array | None = None,
-               return_layers: Sequence[int] = (), deterministic: bool = True):
+               return_layers: Sequence[int] = (), deterministic: bool = True, return_counts: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = PatchEmbed(self.embed_dim, self.patch_size, self.tubelet_size, name="patch_embed", **kw)(video)
     table = jnp.asarray(self.pos_table(video.shape))[None]
@@ -177,14 +180,14 @@ class VisionTransformer(nn.Module):
       block = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy], static_argnums=(2,))
     rates = np.linspace(0, self.drop_path_rate, self.depth)
     merge_r = merging.merge_counts(self.merge_schedule, x.shape[1], self.depth)
-    feats, size = {}, None
+    feats, size, count = {}, None, None
     for i in range(self.depth):
       blk = block(self.num_heads, self.mlp_dim, float(rates[i]), kernel_init, self.attn_impl, merge_r[i],
                   self.merge_saliency, name=f"blocks_{i}", **kw)
       if size is None and not merge_r[i]:
         x = blk(x, deterministic)
       else:
-        x, size = blk(x, deterministic, size)
+        x, size, count = blk(x, deterministic, size, count)
       feats[i] = x
     missing = [i for i in return_layers if i not in feats]
     if missing:
@@ -197,7 +200,7 @@ class VisionTransformer(nn.Module):
       norm = layers.LayerNorm(1e-6, name="norm", **kw)
       x = norm(x)
       stacked = None if stacked is None else norm(stacked)
-    return x, stacked
+    return (x, stacked, count) if return_counts else (x, stacked)
 
 
 def vit_kwargs(variant: str, **overrides) -> dict:

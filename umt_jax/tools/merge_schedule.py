@@ -11,7 +11,8 @@ starts and by r, the tokens merged in its first merge block:
 For each family and each s in 0 .. depth/2, r is the smallest that meets the cut (the analytic
 `flops.classifier_forward`, matching included), so all candidates cost about the same; each candidate is
 evaluated (multi-view top-1, as the fine-tuning trainer evaluates) and the best is printed with the table.
-The unmerged model is evaluated first, as the reference. Each block's r is clipped to half its tokens (the most a
+The unmerged model is evaluated first, as the reference; --pool is the classifier's pooling of merged tokens
+(`model.merge.pool`, default `count`). Each block's r is clipped to half its tokens (the most a
 block can merge; the model rejects more).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from umt_jax import evaluation, flops, input_pipeline as ip, params_io, sharding
+from umt_jax.models import merging
 from umt_jax.models.heads import VideoClassifier
 
 FAMILIES = ("constant", "decreasing")
@@ -72,10 +74,10 @@ def candidates(enc: dict, frames: int, grid: int, num_classes: int, target: floa
 
 
 def evaluate(params: dict, enc: dict, num_classes: int, source: ip.Source, batch_size: int,
-             schedule: Sequence[int] = (), saliency: bool = True) -> dict:
-  """Multi-view top-1/top-5 of the classifier under a merge schedule on `source` (one device)."""
+             schedule: Sequence[int] = (), saliency: bool = True, pool: str = "count") -> dict:
+  """Multi-view top-1/top-5 of the classifier under a merge schedule and pooling on `source` (one device)."""
   merged = {**enc, "merge_schedule": tuple(schedule), "merge_saliency": saliency} if any(schedule) else enc
-  model = VideoClassifier(encoder=merged, num_classes=num_classes)
+  model = VideoClassifier(encoder=merged, num_classes=num_classes, merge_pool=pool)
   fn = evaluation.softmax_views(lambda p, v: model.apply({"params": p}, v))
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
   probs, labels = evaluation.predict(fn, params, source, batch_size, mesh)
@@ -105,7 +107,7 @@ def clip_spec(data: dict, meta: dict) -> ip.ClipSpec:
 
 
 def search(params: dict, enc: dict, num_classes: int, source: ip.Source, target: float, batch_size: int,
-           families: Sequence[str] = FAMILIES, saliency: bool = True, log=print) -> dict:
+           families: Sequence[str] = FAMILIES, saliency: bool = True, pool: str = "count", log=print) -> dict:
   """-> {'base': metrics unmerged, 'rows': [{schedule, cut, top1, ...}], 'best': the row with the best top-1}."""
   spec = source.clip
   grid, tubelet = spec.size // enc["patch_size"], enc.get("tubelet_size", 1)
@@ -114,7 +116,7 @@ def search(params: dict, enc: dict, num_classes: int, source: ip.Source, target:
   rows = []
   for sched in candidates(enc, spec.num_frames, grid, num_classes, target, families, tubelet):
     cut = flops_cut({**enc, "merge_schedule": sched}, spec.num_frames, grid, num_classes, tubelet)
-    m = evaluate(params, enc, num_classes, source, batch_size, sched, saliency)
+    m = evaluate(params, enc, num_classes, source, batch_size, sched, saliency, pool)
     rows.append({"schedule": list(sched), "cut": cut, **{k: float(v) for k, v in m.items()}})
     log(f"schedule {list(sched)}: FLOPs -{100 * cut:.1f}%, top-1 {m['top1']:.2f}")
   if not rows:
@@ -132,6 +134,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--cut", type=float, default=0.4, help="target FLOPs cut, a fraction (0.4 = 40%% fewer)")
   ap.add_argument("--families", default=",".join(FAMILIES))
   ap.add_argument("--tome", action="store_true", help="search plain ToMe merging (no saliency) instead")
+  ap.add_argument("--pool", default="count", choices=merging.POOLS,
+                  help="the classifier's pooling of merged tokens (model.merge.pool)")
   ap.add_argument("--batch_size", type=int, default=50)
   ap.add_argument("--out", default="", help="write the result as JSON here")
   args = ap.parse_args(argv)
@@ -149,7 +153,7 @@ def main(argv=None) -> dict:
     ap.error("--data is required with --params")
   source = ip.Source(data, args.split or cfg.get("eval_split") or "val", clip=clip_spec(cfg, meta))
   out = search(params, enc, num_classes, source, args.cut, args.batch_size,
-               [f for f in args.families.split(",") if f], saliency=not args.tome)
+               [f for f in args.families.split(",") if f], saliency=not args.tome, pool=args.pool)
   b = out["best"]
   print(f"best: model.merge.schedule={b['schedule']} (FLOPs -{100 * b['cut']:.1f}%), top-1 {b['top1']:.2f} vs "
         f"{out['base']['top1']:.2f} unmerged")

@@ -38,7 +38,8 @@ def build(config: ml_collections.ConfigDict, num_classes: int, pos_param: bool =
   """pos_param: the encoder carries an imported position table (`encoder/pos_embed`) instead of computing it."""
   enc = config_lib.student_kwargs(config.model)
   return VideoClassifier(encoder={**enc, "pos_param": True} if pos_param else enc, num_classes=num_classes,
-                         fc_drop_rate=config.model.fc_drop, dtype=jnp.dtype(config.model.dtype))
+                         fc_drop_rate=config.model.fc_drop, merge_pool=config.model.merge.pool,
+                         dtype=jnp.dtype(config.model.dtype))
 
 
 def model_task(config: ml_collections.ConfigDict, num_classes: int, pos_param: bool = False) -> Task:
