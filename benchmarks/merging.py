@@ -151,10 +151,18 @@ def demo_rows(args, log) -> tuple[list[dict], list[int], str]:
                "cut": ms.flops_cut(best_tome, spec.num_frames, grid, classes), "clips_s": {}})
   searched = {"none": [found["base"] | {"schedule": []}], "vid-TLDR": found["rows"], "ToMe": tome["rows"]}
   other = next(p for p in merging.POOLS if p != args.pool)
+  done = {}
+
+  def on_test(schedule, sal, pool):  # each distinct model once (unmerged, the pools are the same model)
+    key = (tuple(schedule), sal, pool) if schedule else ()
+    if key not in done:
+      done[key] = ms.evaluate(params, enc, classes, test_src, args.eval_batch, schedule, sal, pool)
+    return done[key]
+
   for r in rows:
     sal = r["merging"] == "vid-TLDR"
-    m = ms.evaluate(params, enc, classes, test_src, args.eval_batch, r["schedule"], sal, args.pool)
-    m_other = ms.evaluate(params, enc, classes, test_src, args.eval_batch, r["schedule"], sal, other)
+    m = on_test(r["schedule"], sal, args.pool)
+    m_other = on_test(r["schedule"], sal, other)
     r.update(top1=float(m["top1"]), top1_other=float(m_other["top1"]),
              top1_temporal=float(m.get("top1_temporal", np.nan)),
              top1_appearance=float(m.get("top1_appearance", np.nan)))
