@@ -19,6 +19,9 @@ changes on a shared machine hit all of them alike), and the median is reported.
 (iii) with --workdir and the demo's stage 2 (<workdir>/umt_stage2/params.npz): zero-shot retrieval on the
 demo's test split (VTC similarity, and ITM re-ranked) without merging, with vid-TLDR and with ToMe at the
 classifier's schedule (the same student, so the same encoder FLOPs).
+(iv) with --workdir and --cuts (e.g. 0.3,0.4,0.5,0.6): for each target cut, vid-TLDR and ToMe each with its own
+schedule searched on --search_split, top-1 on both splits and the paired vid-TLDR - ToMe difference of per-clip
+hits with its standard error (whether a gap between the two is more than the evaluation's noise).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from umt_jax import flops, input_pipeline as ip
+from umt_jax import evaluation, flops, input_pipeline as ip
 from umt_jax.models import merging, vit
 from umt_jax.models.heads import VideoClassifier
 from umt_jax.tools import merge_schedule as ms
@@ -125,8 +128,8 @@ def b16_rows(args, log) -> list[dict]:
                  args.b16_batch_sizes or args.batch_sizes, args.runs, log, jnp.dtype(args.dtype), args.pool)
 
 
-def demo_rows(args, log) -> tuple[list[dict], list[int], str]:
-  """-> (rows, the searched vid-TLDR schedule, the object-drop line)."""
+def demo_rows(args, log) -> tuple[list[dict], list[int], str, list[dict]]:
+  """-> (rows, the searched vid-TLDR schedule, the object-drop line, the `--cuts` curve)."""
   ft = os.path.join(args.workdir, "finetune")
   params, enc, classes, meta = ms.load_classifier(os.path.join(ft, "params.npz"))
   with open(os.path.join(ft, "config.json")) as f:
@@ -182,7 +185,53 @@ def demo_rows(args, log) -> tuple[list[dict], list[int], str]:
             f"({d['object']['dropped']} of {d['object']['patches']}) vs {100 * d['background']['rate']:.1f}% of the "
             f"background's ({d['background']['dropped']} of {d['background']['patches']})")
     log(note)
-  return rows, schedule, note
+  curve = cut_curve(params, enc, classes, search_src, test_src, args.cuts, args.eval_batch, args.pool, log)
+  return rows, schedule, note, curve
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+  """Per-clip top-1 hits of two models on the same clips -> (mean of a - b, its standard error), in points: the
+  paired comparison, whose error is far smaller than either accuracy's when the models agree on most clips."""
+  d = a.astype(np.float64) - b.astype(np.float64)
+  return 100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+
+
+def cut_curve(params, enc: dict, classes: int, search_src: ip.Source, test_src: ip.Source, cuts, batch: int,
+              pool: str, log) -> list[dict]:
+  """Per target cut: vid-TLDR and ToMe each with its own schedule searched on `search_src` (so each at its best,
+  both at about the cut), their top-1 on both splits and the paired vid-TLDR - ToMe difference with its error."""
+  rows = []
+  for cut in cuts:
+    row, hits = {"target": cut}, {}
+    for name, sal in (("vid-TLDR", True), ("ToMe", False)):
+      best = ms.search(params, enc, classes, search_src, cut, batch, saliency=sal, pool=pool,
+                       log=lambda _: None)["best"]
+      row[name] = {"schedule": best["schedule"], "cut": best["cut"]}
+      for split, src in (("search", search_src), ("test", test_src)):
+        hits[name, split] = evaluation.top1_hits(*ms.predict(params, enc, classes, src, batch, best["schedule"],
+                                                             sal, pool))
+        row[name][split] = 100 * float(hits[name, split].mean())
+    for split in ("search", "test"):
+      row[f"diff_{split}"] = paired_difference(hits["vid-TLDR", split], hits["ToMe", split])
+    log(f"cut {cut}: " + "; ".join(f"{n} {row[n]['schedule']} {row[n]['search']:.2f} / {row[n]['test']:.2f}"
+                                   for n in ("vid-TLDR", "ToMe")))
+    rows.append(row)
+  return rows
+
+
+def curve_table(rows: list[dict], search_split: str) -> str:
+  lines = [f"| target cut | vid-TLDR schedule (cut) | ToMe schedule (cut) | top-1 on `{search_split}`, vid-TLDR / ToMe | "
+           "vid-TLDR − ToMe (± s.e.) | top-1 on test, vid-TLDR / ToMe | vid-TLDR − ToMe (± s.e.) |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    v, t = r["vid-TLDR"], r["ToMe"]
+    cells = [f"{100 * r['target']:.0f}%"] + [f"{','.join(map(str, m['schedule']))} ({100 * m['cut']:.1f}%)"
+                                             for m in (v, t)]
+    for split in ("search", "test"):
+      d, e = r[f"diff_{split}"]
+      cells += [f"{v[split]:.1f} / {t[split]:.1f}", f"{d:+.1f} ± {e:.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 def retrieval_rows(args, schedule, log) -> list[dict]:
@@ -231,6 +280,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--eval_batch", type=int, default=50)
   ap.add_argument("--pool", default="count", choices=merging.POOLS,
                   help="the classifier's pooling of merged tokens (model.merge.pool); the other is reported beside")
+  ap.add_argument("--cuts", default="", help="also, per target cut (e.g. 0.3,0.4,0.5,0.6), vid-TLDR and ToMe each "
+                  "with its own searched schedule: top-1 on both splits and the paired difference")
   ap.add_argument("--skip_b16", action="store_true")
   ap.add_argument("--dtype", default="float32", help="B/16's compute dtype (GPU: bfloat16)")
   ap.add_argument("--attn_impl", default="", help="B/16's attention: xla (default), cudnn or auto")
@@ -238,15 +289,16 @@ def main(argv=None) -> dict:
   ap.add_argument("--out", default="", help="also write the rows as JSON")
   args = ap.parse_args(argv)
   args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+  args.cuts = [float(c) for c in args.cuts.split(",") if c]
   args.b16_batch_sizes = [int(b) for b in args.b16_batch_sizes.split(",")] if args.b16_batch_sizes else None
   if args.workdir and not args.png:
     args.png = os.path.join(args.workdir, "merge_map.png")
   log = lambda s: print(s, file=sys.stderr, flush=True)
   t0 = time.time()
   rows = [] if args.skip_b16 else b16_rows(args, log)
-  retrieval, note = [], ""
+  retrieval, note, curve = [], "", []
   if args.workdir:
-    demo_r, schedule, note = demo_rows(args, log)
+    demo_r, schedule, note, curve = demo_rows(args, log)
     rows += demo_r
     if os.path.isfile(os.path.join(args.workdir, "umt_stage2", "params.npz")):
       retrieval = retrieval_rows(args, schedule, log)
@@ -255,13 +307,15 @@ def main(argv=None) -> dict:
           f"{time.time() - t0:.0f} s\n\n" + table(rows, sizes, args.pool, args.search_split))
   if note:
     text += "\n\n" + note
+  if curve:
+    text += "\n\n" + curve_table(curve, args.search_split)
   if retrieval:
     text += "\n\n" + retrieval_table(retrieval)
   print(text)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": rows, "retrieval": retrieval, "table": text}, f, indent=1, default=str)
-  return {"rows": rows, "retrieval": retrieval, "table": text}
+      json.dump({"rows": rows, "retrieval": retrieval, "curve": curve, "table": text}, f, indent=1, default=str)
+  return {"rows": rows, "retrieval": retrieval, "curve": curve, "table": text}
 
 
 if __name__ == "__main__":

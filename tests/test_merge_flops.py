@@ -152,3 +152,25 @@ def test_merge_map_assignments(saliency):
   else:  # vid-TLDR drops zero-saliency sources: fewer patches survive, masses count only those kept
     assert (members.sum(-1) < 64).all()
     assert (size <= members + 1e-4).all()
+
+
+def test_paired_difference():
+  from benchmarks.merging import paired_difference
+  d, e = paired_difference(np.array([1, 1, 0, 0, 1], bool), np.array([0, 1, 0, 1, 0], bool))
+  assert d == pytest.approx(20.0) and e == pytest.approx(100 * np.std([1, 0, 0, -1, 1], ddof=1) / np.sqrt(5))
+
+
+def test_cut_curve_searches_each_method(tiny_workdir):
+  """The accuracy-vs-cut curve: each method at its own searched best, evaluated again on both splits."""
+  from benchmarks import merging as bm
+  enc = dict(embed_dim=64, depth=3, num_heads=2, mlp_dim=128, patch_size=8, tubelet_size=1)
+  params = nn.meta.unbox(VideoClassifier(encoder=enc, num_classes=10).init(
+      jax.random.key(0), jnp.zeros((1, 4, 32, 32, 3)))["params"])
+  src = ip.Source(tiny_workdir, "test", clip=ip.ClipSpec(num_frames=4, size=32, crop="center", flip=False))
+  (row,) = bm.cut_curve(params, enc, 10, src, src, [0.3], 12, "count", lambda _: None)
+  for name, sal in (("vid-TLDR", True), ("ToMe", False)):
+    best = merge_schedule.search(params, enc, 10, src, 0.3, 12, saliency=sal, log=lambda _: None)["best"]
+    assert row[name]["schedule"] == best["schedule"] and row[name]["cut"] >= 0.3
+    assert row[name]["search"] == pytest.approx(best["top1"]) == pytest.approx(row[name]["test"])
+  assert row["diff_search"][0] == pytest.approx(row["vid-TLDR"]["search"] - row["ToMe"]["search"])
+  assert bm.curve_table([row], "test").count("\n") == 2

@@ -35,11 +35,16 @@ def predict(fn: Callable[[Any, jax.Array], jax.Array], params: Any, source: ip.S
   return np.concatenate(outs)[:n], np.concatenate(labels)[:n]
 
 
+def top1_hits(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """probs (E, C), labels (E,) -> (E,) bool, the top-1 prediction is right (the first of tied maxima)."""
+  return np.argmax(probs, axis=1) == labels
+
+
 def accuracy(probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str] | None = None,
              temporal: Sequence[str] = ()) -> dict:
   """top1/top5 (%), and top1_temporal / top1_appearance when `temporal` names some classes."""
   order = np.argsort(-probs, axis=1)
-  hit1 = order[:, 0] == labels
+  hit1 = top1_hits(probs, labels)
   out = {"top1": 100 * hit1.mean(), "top5": 100 * (order[:, :5] == labels[:, None]).any(1).mean()}
   if temporal and label_names:
     is_t = np.isin(np.asarray(label_names)[labels], list(temporal))

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from umt_jax import evaluation, flops, input_pipeline as ip, params_io, sharding
 from umt_jax.models import merging
@@ -73,14 +74,21 @@ def candidates(enc: dict, frames: int, grid: int, num_classes: int, target: floa
   return out
 
 
-def evaluate(params: dict, enc: dict, num_classes: int, source: ip.Source, batch_size: int,
-             schedule: Sequence[int] = (), saliency: bool = True, pool: str = "count") -> dict:
-  """Multi-view top-1/top-5 of the classifier under a merge schedule and pooling on `source` (one device)."""
+def predict(params: dict, enc: dict, num_classes: int, source: ip.Source, batch_size: int,
+            schedule: Sequence[int] = (), saliency: bool = True, pool: str = "count") -> tuple[np.ndarray, np.ndarray]:
+  """The classifier under a merge schedule and pooling on `source` (one device) -> (view-averaged softmax (E,
+  classes), labels (E,))."""
   merged = {**enc, "merge_schedule": tuple(schedule), "merge_saliency": saliency} if any(schedule) else enc
   model = VideoClassifier(encoder=merged, num_classes=num_classes, merge_pool=pool)
   fn = evaluation.softmax_views(lambda p, v: model.apply({"params": p}, v))
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  probs, labels = evaluation.predict(fn, params, source, batch_size, mesh)
+  return evaluation.predict(fn, params, source, batch_size, mesh)
+
+
+def evaluate(params: dict, enc: dict, num_classes: int, source: ip.Source, batch_size: int,
+             schedule: Sequence[int] = (), saliency: bool = True, pool: str = "count") -> dict:
+  """Multi-view top-1/top-5 of the classifier under a merge schedule and pooling on `source` (one device)."""
+  probs, labels = predict(params, enc, num_classes, source, batch_size, schedule, saliency, pool)
   meta = ip.read_metadata(source.path)
   return evaluation.accuracy(probs, labels, meta.get("label_names"), meta.get("temporal_classes", ()))
 
