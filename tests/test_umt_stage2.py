@@ -88,6 +88,28 @@ def test_stage2_from_stage1_trains_and_retrieval_equals_eval_only(setup, tmp_pat
   assert os.path.isfile(tmp_path / "eval" / "retrieval.json")
 
 
+def test_zero_shot_reads_the_embeddings_the_model_pools(setup):
+  """Unmerged, the stage-2 tower pools one embedding per time step; under token merging one mean (vid-TLDR):
+  retrieval takes each as the model gives it (it once sliced T·E columns, mixing the merged model's tokens into
+  its embeddings), with and without re-ranking."""
+  from umt_jax import evaluation
+  from umt_jax.trainers import stage2_retrieval
+  c = stage2_config(setup, **{"data.eval_path": setup["data"], "data.eval_split": "test"})
+  task, meta = umt_stage2.make_task(c)
+  params = nn.meta.unbox(jax.jit(task.init)(jax.random.key(0)))
+  source, tokenizer, mesh = umt_stage2.eval_source(c), umt_stage2.text_tokenizer(c), sharding.make_mesh({"data": -1})
+  for schedule, rows in (((), 4), ((4, 2), 1)):
+    model = umt_stage2.model_from_meta({**meta, "encoder": {**meta["encoder"], "merge_schedule": schedule}})
+    pooled = lambda p, v: model.apply({"params": p}, ip.normalize(v), None, align=False,
+                                      method=model.encode_vision)[2].reshape(v.shape[0], -1)
+    want, _ = evaluation.predict(pooled, params, source, 8, mesh)
+    for rerank in (False, True):
+      got = stage2_retrieval.zero_shot(model, params, tokenizer, source, mesh, k=4, batch=8, rerank=rerank)
+      assert got["video_emb"].shape == (12, rows, 16)
+      np.testing.assert_allclose(got["video_emb"].reshape(12, -1), want, rtol=1e-5, atol=1e-6)
+      assert np.isfinite(got["emb"]["r_mean"]) and (not rerank or np.isfinite(got["rerank"]["r_mean"]))
+
+
 def test_stage2_sharded_equals_one_device(setup, tmp_path):
   c1 = stage2_config(setup, total_steps=2)
   one = umt_stage2.train(c1, str(tmp_path / "one"), devices=jax.devices()[:1])

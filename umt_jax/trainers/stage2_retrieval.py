@@ -59,21 +59,28 @@ def embed_texts(fn, params: Any, ids: np.ndarray, mask: np.ndarray, batch: int, 
 def zero_shot(model: UMTStage2, params: Any, tokenizer, source: ip.Source, mesh, *, k: int = 128,
               batch: int = 64, dtype=jnp.float32, rerank: bool = True) -> dict:
   """-> {'emb': metrics of VTC similarity, 'rerank': metrics after ITM re-ranking (if `rerank`), 'table',
-  'ranks': {'emb': (t2v, v2t)[, 'rerank': (t2v, v2t)]} (0-based, per query), 'gallery'}; metric keys as the
-  official `itm_eval`."""
+  'ranks': {'emb': (t2v, v2t)[, 'rerank': (t2v, v2t)]} (0-based, per query), 'gallery', 'video_emb' (clips, P, E):
+  the gallery's embeddings}; metric keys as the official `itm_eval`."""
   gallery = read_captions(source)
-  t = source.clip.num_frames
 
-  def embed_video(p, video):  # (N, T, S, S, 3) uint8 -> (N, T·E [+ N_tok·D]): embeddings [and tokens], flattened
+  def encode(p, video):  # (N, T, S, S, 3) uint8 -> (embeddings (N, P, E), tokens (N, N_tok, D))
     _, tokens, v = model.apply({"params": p}, ip.normalize(video, dtype), None, align=False,
                                method=UMTStage2.encode_vision)
-    out = [v.reshape(v.shape[0], -1)] + ([tokens.astype(jnp.float32).reshape(v.shape[0], -1)] if rerank else [])
-    return jnp.concatenate(out, -1)
+    return v, tokens.astype(jnp.float32)
+
+  # P pooled rows per clip (a time step each, or one mean under token merging) and N_tok tokens, from the model.
+  clip = source.clip
+  v_shape, tok_shape = (x.shape[1:] for x in jax.eval_shape(
+      encode, params, jax.ShapeDtypeStruct((1, clip.num_frames, clip.size, clip.size, 3), jnp.uint8)))
+
+  def embed_video(p, video):  # -> (N, P·E [+ N_tok·D]): embeddings [and tokens], flattened
+    v, tokens = encode(p, video)
+    return jnp.concatenate([v.reshape(v.shape[0], -1)] + ([tokens.reshape(v.shape[0], -1)] if rerank else []), -1)
 
   flat, _ = evaluation.predict(embed_video, params, source, batch, mesh)
-  e = model.embed_dim
-  v_emb = flat[:, :t * e].reshape(-1, t, e)
-  tokens = flat[:, t * e:].reshape(flat.shape[0], -1, model.vision["encoder"]["embed_dim"])
+  n_emb = int(np.prod(v_shape))
+  v_emb = flat[:, :n_emb].reshape((-1,) + v_shape)
+  tokens = flat[:, n_emb:].reshape((-1,) + tok_shape) if rerank else None
 
   ids, mask = tokenizer.batch(gallery.captions)
   encode = lambda p, i, m: model.apply({"params": p}, i, m, method=UMTStage2.encode_text)
@@ -82,7 +89,7 @@ def zero_shot(model: UMTStage2, params: Any, tokenizer, source: ip.Source, mesh,
   t2v_gt, v2t_gt = gallery.txt2vid, retrieval.invert_gt(gallery.txt2vid, v_emb.shape[0])
   t2v_top, _, t2v_ranks = retrieval.blocked_topk_and_ranks(t_emb, v_emb, t2v_gt, mesh, k=k, desc="t2v")
   v2t_top, _, v2t_ranks = retrieval.blocked_topk_and_ranks(v_emb, t_emb, v2t_gt, mesh, k=k, desc="v2t")
-  out = {"emb": retrieval.retrieval_metrics(t2v_ranks, v2t_ranks), "gallery": gallery,
+  out = {"emb": retrieval.retrieval_metrics(t2v_ranks, v2t_ranks), "gallery": gallery, "video_emb": v_emb,
          "ranks": {"emb": (t2v_ranks, v2t_ranks)}}
   if rerank:
     texts = {"hidden": hidden, "mask": mask}
