@@ -235,7 +235,8 @@ def curve_table(rows: list[dict], search_split: str) -> str:
 
 
 def retrieval_rows(args, schedule, log) -> list[dict]:
-  """Zero-shot t2v / v2t R@1 of the demo's stage-2 model under each merging method (same schedule)."""
+  """Zero-shot t2v / v2t R@1 of the demo's stage-2 model under each merging method (same schedule), and unmerged
+  with either pooling."""
   from umt_jax import demo, params_io, sharding
   from umt_jax.trainers import stage2_retrieval, umt_stage2
   w = args.workdir
@@ -246,8 +247,13 @@ def retrieval_rows(args, schedule, log) -> list[dict]:
   mesh = sharding.make_mesh({"data": -1})
   grid = source.clip.size // meta["encoder"]["patch_size"]
   rows = []
-  for name, enc in methods(meta["encoder"], schedule).items():
-    model = umt_stage2.model_from_meta({**meta, "encoder": enc})
+  encs = methods(meta["encoder"], schedule)
+  # (name, encoder, keep_temporal): unmerged with UMT's pooling (a mean per time step) and with vid-TLDR's (one
+  # mean: the like-for-like baseline of the merged rows, which always pool so)
+  runs = [("none", encs["none"], True), ("none, one mean", encs["none"], False),
+          ("vid-TLDR", encs["vid-TLDR"], False), ("ToMe", encs["ToMe"], False)]
+  for name, enc, keep_temporal in runs:
+    model = umt_stage2.model_from_meta({**meta, "encoder": enc, "keep_temporal": keep_temporal})
     got = stage2_retrieval.zero_shot(model, params, tokenizer, source, mesh, k=c.stage2.rerank_k,
                                      batch=c.data.eval_batch_size, rerank=True)
     r1 = {f"{d}_{kind}": 100 * float((got["ranks"][kind][i] < 1).mean())

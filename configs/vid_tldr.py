@@ -4,12 +4,14 @@
       --config.init_from.params=umt_b16_25m_ret_msrvtt.npz --config.text.vocab=bert-base-uncased/vocab.txt \\
       --config.data.eval_path=/data/msrvtt_1k_rec
   # the ToMe baseline with the same schedule (same FLOPs): --config.model.merge.saliency=False
+  # the unmerged baseline (vid-TLDR's r = 0, the same one-mean pooling): --config.model.merge.schedule='()'
 
 `<B|L>,<task>` is configs/retrieval.py's fine-tuning recipe for that size in `mode=eval` (12 test frames at
 224², middle sampling, centre crop, VTC and top-128 ITM re-ranking) with `model.merge.schedule` set to the
 vid-TLDR README's `vidTLDR_r` for the task (mlvlab/vid-TLDR, evaluated there with batch size 1; any batch
-works here). Tokens after the last merge block and forward GMACs (fvcore convention, matching not counted;
-tests/test_merge_flops.py) out of 2352 tokens and 303.1 (B) / 984.0 (L) GMACs:
+works here), pooled as vid-TLDR's configs pool (`keep_temporal=False`: one mean over all tokens). Tokens after
+the last merge block and forward GMACs (fvcore convention, matching not counted; tests/test_merge_flops.py) out
+of 2352 tokens and 303.1 (B) / 984.0 (L) GMACs:
 
   task        B schedule          tokens  GMACs          L schedule          tokens  GMACs
   msrvtt      600,200,100         1452    175.7 (-42%)   550,400             1402    540.8 (-45%)
@@ -60,4 +62,5 @@ def get_config(arg: str = "B,msrvtt") -> ml_collections.ConfigDict:
   c.mode = "eval"
   c.model.merge.schedule = list(SCHEDULES[task][variant == "L"])
   c.model.merge.saliency = True
+  c.stage2.keep_temporal = False  # the vid-TLDR configs' pooling, merged or not: one mean over all tokens
   return c

@@ -72,7 +72,7 @@ OFFICIAL = {"B,msrvtt": (175.7, 0.42), "B,msvd": (178.8, 0.41), "L,msrvtt": (540
 @pytest.mark.parametrize("arg", sorted(OFFICIAL))
 def test_official_retrieval_schedule_cut(arg):
   c = load_config("vid_tldr", arg)
-  assert c.mode == "eval" and c.data.num_frames == 12 and c.data.size == 224
+  assert c.mode == "eval" and c.data.num_frames == 12 and c.data.size == 224 and not c.stage2.keep_temporal
   enc = vit.vit_kwargs(arg[0], merge_schedule=tuple(c.model.merge.schedule))
   n = 12 * 14 * 14
   counts = merging.merge_counts(enc["merge_schedule"], n, enc["depth"])

@@ -89,8 +89,8 @@ def test_stage2_from_stage1_trains_and_retrieval_equals_eval_only(setup, tmp_pat
 
 
 def test_zero_shot_reads_the_embeddings_the_model_pools(setup):
-  """Unmerged, the stage-2 tower pools one embedding per time step; under token merging one mean (vid-TLDR):
-  retrieval takes each as the model gives it (it once sliced T·E columns, mixing the merged model's tokens into
+  """Unmerged, the stage-2 tower pools one embedding per time step (or one mean, `stage2.keep_temporal=False`);
+  under token merging one mean (vid-TLDR): retrieval takes each as the model gives it (it once sliced T·E columns, mixing the merged model's tokens into
   its embeddings), with and without re-ranking."""
   from umt_jax import evaluation
   from umt_jax.trainers import stage2_retrieval
@@ -98,8 +98,9 @@ def test_zero_shot_reads_the_embeddings_the_model_pools(setup):
   task, meta = umt_stage2.make_task(c)
   params = nn.meta.unbox(jax.jit(task.init)(jax.random.key(0)))
   source, tokenizer, mesh = umt_stage2.eval_source(c), umt_stage2.text_tokenizer(c), sharding.make_mesh({"data": -1})
-  for schedule, rows in (((), 4), ((4, 2), 1)):
-    model = umt_stage2.model_from_meta({**meta, "encoder": {**meta["encoder"], "merge_schedule": schedule}})
+  for schedule, keep_temporal, rows in (((), True, 4), ((), False, 1), ((4, 2), True, 1)):
+    model = umt_stage2.model_from_meta({**meta, "encoder": {**meta["encoder"], "merge_schedule": schedule},
+                                        "keep_temporal": keep_temporal})
     pooled = lambda p, v: model.apply({"params": p}, ip.normalize(v), None, align=False,
                                       method=model.encode_vision)[2].reshape(v.shape[0], -1)
     want, _ = evaluation.predict(pooled, params, source, 8, mesh)
@@ -108,6 +109,28 @@ def test_zero_shot_reads_the_embeddings_the_model_pools(setup):
       assert got["video_emb"].shape == (12, rows, 16)
       np.testing.assert_allclose(got["video_emb"].reshape(12, -1), want, rtol=1e-5, atol=1e-6)
       assert np.isfinite(got["emb"]["r_mean"]) and (not rerank or np.isfinite(got["rerank"]["r_mean"]))
+
+
+def test_eval_only_applies_the_configs_merging_and_pooling(setup, tmp_path, monkeypatch):
+  """mode=eval builds the model from the params file's metadata, with the config's `model.merge` and
+  `stage2.keep_temporal` (configs/vid_tldr.py sets both), and the pooled embedding is one mean over all tokens."""
+  from umt_jax.trainers import stage2_retrieval
+  c = stage2_config(setup)
+  task, meta = umt_stage2.make_task(c)
+  assert meta["keep_temporal"] is True
+  path = str(tmp_path / "params.npz")
+  params_io.save_params(path, nn.meta.unbox(jax.jit(task.init)(jax.random.key(0))), meta)
+  seen, real = [], stage2_retrieval.zero_shot
+  monkeypatch.setattr(stage2_retrieval, "zero_shot", lambda m, *a, **k: seen.append(real(m, *a, **k)) or seen[-1])
+  for name, kw in (("none", {}), ("one_mean", {"stage2.keep_temporal": False}),
+                   ("merged", {"model.merge.schedule": (4, 2), "model.merge.saliency": False,
+                               "stage2.keep_temporal": False})):
+    e = stage2_config(setup, **{"mode": "eval", "init_from.params": path, "data.eval_path": setup["data"],
+                                "data.eval_split": "test", "data.eval_batch_size": 8, **kw})
+    umt_stage2.train(e, str(tmp_path / name))
+  none, one_mean, merged = (x["video_emb"] for x in seen)
+  assert none.shape == (12, 4, 16) and one_mean.shape == merged.shape == (12, 1, 16)
+  assert np.abs(merged - one_mean).max() > 1e-3  # the merge ran
 
 
 def test_stage2_sharded_equals_one_device(setup, tmp_path):

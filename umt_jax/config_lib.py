@@ -82,8 +82,11 @@ def base(trainer: str) -> ml_collections.ConfigDict:
     c.text = ml_collections.ConfigDict(dict(preset="bert-base", hidden_size=0, num_layers=0, num_heads=0,
                                             intermediate_size=0, fusion_layer=0, init="", vocab="", max_length=32,
                                             dropout=0.1))
-    # rerank_k: ITM re-ranking of each query's top-k VTC candidates in the retrieval evaluation (0: VTC row only)
-    c.stage2 = ml_collections.ConfigDict(dict(embed_dim=512, temp=0.07, mlm_prob=0.5, rerank_k=128))
+    # rerank_k: ITM re-ranking of each query's top-k VTC candidates in the retrieval evaluation (0: VTC row only);
+    # keep_temporal: the video embedding pooled per time step, VTC averaged over them (UMT's configs), or False:
+    # one mean over all tokens (vid-TLDR's configs; masked and merged tokens always pool so)
+    c.stage2 = ml_collections.ConfigDict(dict(embed_dim=512, temp=0.07, mlm_prob=0.5, rerank_k=128,
+                                              keep_temporal=True))
     c.loss_weights = ml_collections.ConfigDict(dict(uta=1.0, vtc=1.0, vtm=1.0, mlm=1.0))
     # workdir: a stage-1 workdir (encoder + decoders); params: a umt_stage2 params file (a trained or imported
     # official stage-2 model: retrieval fine-tuning and evaluation start from it).
@@ -131,11 +134,17 @@ def override(config: ml_collections.ConfigDict, updates: Mapping[str, Any]) -> m
   return config
 
 
+def merge_kwargs(model: ml_collections.ConfigDict) -> dict:
+  """VisionTransformer kwargs of `config.model.merge` ({} when off, so exported metadata stays as it was)."""
+  if not model.merge.schedule:
+    return {}
+  return {"merge_schedule": tuple(model.merge.schedule), "merge_saliency": model.merge.saliency}
+
+
 def student_kwargs(model: ml_collections.ConfigDict) -> dict:
   """VisionTransformer kwargs of `config.model`."""
   overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads", "mlp_dim", "patch_size") if model[k]}
-  if model.merge.schedule:  # absent when off, so exported metadata stays as it was
-    overrides.update(merge_schedule=tuple(model.merge.schedule), merge_saliency=model.merge.saliency)
+  overrides.update(merge_kwargs(model))
   return vit.vit_kwargs(model.variant, tubelet_size=model.tubelet_size, drop_path_rate=model.drop_path,
                         remat_policy=model.remat, attn_impl=model.attn_impl or None, **overrides)
 

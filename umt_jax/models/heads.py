@@ -42,6 +42,7 @@ class UMTPretrain(nn.Module):
   num_align_layers: int = 6
   decoder_norm_eps: float = 1e-6  # stage 2 decoders use 1e-5
   pool_norm: bool = False  # stage 2
+  keep_temporal: bool = True  # pool per time step (UMT's configs); False: one mean (vid-TLDR's configs)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -67,7 +68,8 @@ class UMTPretrain(nn.Module):
     if not return_tokens:
       return aligned
     b, t = video.shape[0], enc.token_grid(video.shape)[0]
-    one_pool = visible_idx is not None or any(enc.merge_schedule)  # merged tokens: one unweighted mean (vid-TLDR)
+    # One unweighted mean over the tokens: asked for, or forced by masking or merging (no frame structure left).
+    one_pool = not self.keep_temporal or visible_idx is not None or any(enc.merge_schedule)
     per_frame = x if one_pool else x.reshape(b, t, -1, x.shape[-1])
     pooled = per_frame.astype(jnp.float32).mean(axis=-2)
     pooled = pooled[:, None] if one_pool else pooled

@@ -49,7 +49,7 @@ def bert_config(config: ml_collections.ConfigDict, vocab_size: int) -> BertConfi
 def model_from_meta(meta: dict, dtype=jnp.float32) -> UMTStage2:
   """The UMTStage2 a params file describes (a trained one's or `umt-import-umt`'s metadata)."""
   return UMTStage2(vision=dict(encoder=meta["encoder"], clip_dim=meta["clip_dim"],
-                               num_align_layers=meta["align_layers"]),
+                               num_align_layers=meta["align_layers"], keep_temporal=meta.get("keep_temporal", True)),
                    text=BertConfig(**meta["bert_config"]), embed_dim=meta["embed_dim"], dtype=dtype)
 
 
@@ -124,7 +124,8 @@ def model_task(config: ml_collections.ConfigDict, bcfg: BertConfig, special: tup
     nv = masking.num_visible(tcfg.grid ** 2, config.teacher.mask_ratio) * frames
   elif config.loss_weights.uta:
     raise ValueError("config.loss_weights.uta > 0 needs a teacher: set config.teacher.path (or set the weight 0)")
-  model = UMTStage2(vision=dict(encoder=enc, clip_dim=clip_dim, num_align_layers=align), text=bcfg,
+  model = UMTStage2(vision=dict(encoder=enc, clip_dim=clip_dim, num_align_layers=align,
+                                keep_temporal=config.stage2.keep_temporal), text=bcfg,
                     embed_dim=config.stage2.embed_dim, temp_init=config.stage2.temp,
                     dtype=jnp.dtype(config.model.dtype))
 
@@ -183,7 +184,7 @@ def make_task(config: ml_collections.ConfigDict, devices=None) -> tuple[Task, di
   tcfg = teacher_file[0] if teacher_file else None
   meta = {**config_lib.student_export_meta(config, "umt_stage2"), "bert_config": dataclasses.asdict(bcfg),
           "clip_dim": tcfg.embed_dim if tcfg else 1, "align_layers": config.teacher.align_layers if tcfg else 0,
-          "embed_dim": config.stage2.embed_dim}
+          "embed_dim": config.stage2.embed_dim, "keep_temporal": config.stage2.keep_temporal}
   task = dataclasses.replace(task, train_data=data, clips_per_epoch=b * sum(counts), load_init=_load_init(config, task),
                              evaluate=evaluate)
   return task, meta
@@ -243,12 +244,16 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, devices=None)
   if not config.data.eval_path:
     raise ValueError("config.data.eval_path is empty: set it to the retrieval test set (several captions per clip)")
   tokenizer = text_tokenizer(config)
-  model = model_from_meta(meta, jnp.dtype(config.model.dtype))
+  stored = model_from_meta(meta, jnp.dtype(config.model.dtype))
+  # The file's model, evaluated with this config's token merging and pooling (e.g. configs/vid_tldr.py's); the
+  # params are the same (merging adds none), so their shapes come from `stored`, whose decoders init without it.
+  model = model_from_meta({**meta, "encoder": {**meta["encoder"], **config_lib.merge_kwargs(config.model)},
+                           "keep_temporal": config.stage2.keep_temporal}, jnp.dtype(config.model.dtype))
   if tokenizer.vocab_size > model.text.vocab_size:
     raise ValueError(f"config.text.vocab has {tokenizer.vocab_size} tokens but the model's BERT only "
                      f"{model.text.vocab_size}: use the vocab.txt it was trained with")
   mesh, rules = setup_mesh(config, devices)
-  boxed = jax.eval_shape(lambda: _init_like(model, meta, config))
+  boxed = jax.eval_shape(lambda: _init_like(stored, meta, config))
   shardings = sharding.param_shardings(boxed, mesh, rules, config.min_fsdp_size)
   abstract = flax.linen.meta.unbox(boxed)
   params_io.check_fits(params, abstract, repr(path))
