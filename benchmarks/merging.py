@@ -235,8 +235,8 @@ def curve_table(rows: list[dict], search_split: str) -> str:
 
 
 def retrieval_rows(args, schedule, log) -> list[dict]:
-  """Zero-shot t2v / v2t R@1 of the demo's stage-2 model under each merging method (same schedule), and unmerged
-  with either pooling."""
+  """Zero-shot t2v / v2t R@1 of the demo's stage-2 model under each merging method (same schedule), unmerged with
+  either pooling, and the paired per-query vid-TLDR - ToMe difference with its standard error."""
   from umt_jax import demo, params_io, sharding
   from umt_jax.trainers import stage2_retrieval, umt_stage2
   w = args.workdir
@@ -256,19 +256,26 @@ def retrieval_rows(args, schedule, log) -> list[dict]:
     model = umt_stage2.model_from_meta({**meta, "encoder": enc, "keep_temporal": keep_temporal})
     got = stage2_retrieval.zero_shot(model, params, tokenizer, source, mesh, k=c.stage2.rerank_k,
                                      batch=c.data.eval_batch_size, rerank=True)
-    r1 = {f"{d}_{kind}": 100 * float((got["ranks"][kind][i] < 1).mean())
-          for kind in ("emb", "rerank") for i, d in enumerate(("t2v", "v2t"))}
+    hits = {f"{d}_{kind}": np.asarray(got["ranks"][kind][i]) < 1
+            for kind in ("emb", "rerank") for i, d in enumerate(("t2v", "v2t"))}
+    r1 = {k: 100 * float(h.mean()) for k, h in hits.items()}
     rows.append({"merging": name, "schedule": list(enc.get("merge_schedule", ())), "clips": len(got["gallery"].labels),
-                 "cut": ms.flops_cut(enc, source.clip.num_frames, grid, 1), **r1})
+                 "cut": ms.flops_cut(enc, source.clip.num_frames, grid, 1), **r1, "hits": hits})
     log(f"stage-2 retrieval, {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in r1.items()))
+  tldr, tome = (next(r for r in rows if r["merging"] == m) for m in ("vid-TLDR", "ToMe"))
+  rows.append({"merging": "vid-TLDR − ToMe (paired, ± s.e.)", "schedule": tldr["schedule"], "clips": tldr["clips"],
+               "cut": tldr["cut"], **{k: paired_difference(tldr["hits"][k], tome["hits"][k]) for k in tldr["hits"]}})
+  for r in rows:
+    r.pop("hits", None)
   return rows
 
 
 def retrieval_table(rows: list[dict]) -> str:
   lines = [f"| demo stage 2 ({rows[0]['clips']} test clips) | schedule | encoder FLOPs cut | t2v R@1 | v2t R@1 | "
            "t2v R@1, ITM re-ranked | v2t R@1, ITM re-ranked |", "|---|---|---|---|---|---|---|"]
+  cell = lambda v: f"{v[0]:+.1f} ± {v[1]:.1f}" if isinstance(v, tuple) else f"{v:.1f}"  # R@1, or a paired difference
   lines += [f"| {r['merging']} | {','.join(map(str, r['schedule'])) or '-'} | {100 * r['cut']:.1f}% | "
-            f"{r['t2v_emb']:.1f} | {r['v2t_emb']:.1f} | {r['t2v_rerank']:.1f} | {r['v2t_rerank']:.1f} |" for r in rows]
+            + " | ".join(cell(r[k]) for k in ("t2v_emb", "v2t_emb", "t2v_rerank", "v2t_rerank")) + " |" for r in rows]
   return "\n".join(lines)
 
 
