@@ -131,7 +131,7 @@ class VisionTransformer(nn.Module):
   """Video ViT encoder on all tokens or on a static-size subset of them; no CLS token.
 
   __call__(video (B,T,H,W,3) normalised, visible_idx (B, Nv) sorted token indices or None,
-           return_layers: block indices whose outputs to return, deterministic, return_size)
+           return_layers: block indices whose outputs to return, deterministic, return_counts)
   -> (x (B, Nv, D) last block output, feats (K, B, Nv, D) outputs of `return_layers` in the given order);
   both pass through the final `norm` when `use_norm` (the UMT pretraining encoder shares it). With
   `return_counts`, also the input patches each token holds (B, Nv) fp32 under merging (None without).

@@ -63,7 +63,7 @@ def zero_shot(model: UMTStage2, params: Any, tokenizer, source: ip.Source, mesh,
   the gallery's embeddings}; metric keys as the official `itm_eval`."""
   gallery = read_captions(source)
 
-  def encode(p, video):  # (N, T, S, S, 3) uint8 -> (embeddings (N, P, E), tokens (N, N_tok, D))
+  def encode_video(p, video):  # (N, T, S, S, 3) uint8 -> (embeddings (N, P, E), tokens (N, N_tok, D))
     _, tokens, v = model.apply({"params": p}, ip.normalize(video, dtype), None, align=False,
                                method=UMTStage2.encode_vision)
     return v, tokens.astype(jnp.float32)
@@ -71,10 +71,10 @@ def zero_shot(model: UMTStage2, params: Any, tokenizer, source: ip.Source, mesh,
   # P pooled rows per clip (a time step each, or one mean under token merging) and N_tok tokens, from the model.
   clip = source.clip
   v_shape, tok_shape = (x.shape[1:] for x in jax.eval_shape(
-      encode, params, jax.ShapeDtypeStruct((1, clip.num_frames, clip.size, clip.size, 3), jnp.uint8)))
+      encode_video, params, jax.ShapeDtypeStruct((1, clip.num_frames, clip.size, clip.size, 3), jnp.uint8)))
 
   def embed_video(p, video):  # -> (N, P·E [+ N_tok·D]): embeddings [and tokens], flattened
-    v, tokens = encode(p, video)
+    v, tokens = encode_video(p, video)
     return jnp.concatenate([v.reshape(v.shape[0], -1)] + ([tokens.reshape(v.shape[0], -1)] if rerank else []), -1)
 
   flat, _ = evaluation.predict(embed_video, params, source, batch, mesh)
