@@ -141,7 +141,7 @@ def demo_rows(args, log) -> tuple[list[dict], list[int], str, list[dict]]:
   found = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=True, pool=args.pool,
                     log=log)
   tome = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=False, pool=args.pool,
-                   log=log)
+                   base=found["base"], log=log)
   schedule = found["best"]["schedule"]
   label = f"demo classifier ({data_cfg['num_frames']}×{data_cfg['size']}², {enc['embed_dim']}-wide, " \
           f"depth {enc['depth']})"
@@ -185,7 +185,8 @@ def demo_rows(args, log) -> tuple[list[dict], list[int], str, list[dict]]:
             f"({d['object']['dropped']} of {d['object']['patches']}) vs {100 * d['background']['rate']:.1f}% of the "
             f"background's ({d['background']['dropped']} of {d['background']['patches']})")
     log(note)
-  curve = cut_curve(params, enc, classes, search_src, test_src, args.cuts, args.eval_batch, args.pool, log)
+  curve = cut_curve(params, enc, classes, search_src, test_src, args.cuts, args.eval_batch, args.pool, log,
+                    found["base"])
   return rows, schedule, note, curve
 
 
@@ -197,19 +198,22 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def cut_curve(params, enc: dict, classes: int, search_src: ip.Source, test_src: ip.Source, cuts, batch: int,
-              pool: str, log) -> list[dict]:
+              pool: str, log, base: dict | None = None) -> list[dict]:
   """Per target cut: vid-TLDR and ToMe each with its own schedule searched on `search_src` (so each at its best,
-  both at about the cut), their top-1 on both splits and the paired vid-TLDR - ToMe difference with its error."""
+  both at about the cut), their top-1 on both splits and the paired vid-TLDR - ToMe difference with its error.
+  `base`: the unmerged metrics on `search_src`, if known."""
   rows = []
   for cut in cuts:
     row, hits = {"target": cut}, {}
     for name, sal in (("vid-TLDR", True), ("ToMe", False)):
-      best = ms.search(params, enc, classes, search_src, cut, batch, saliency=sal, pool=pool,
-                       log=lambda _: None)["best"]
+      found = ms.search(params, enc, classes, search_src, cut, batch, saliency=sal, pool=pool, base=base,
+                        log=lambda _: None)
+      best, base = found["best"], found["base"]
       row[name] = {"schedule": best["schedule"], "cut": best["cut"]}
-      for split, src in (("search", search_src), ("test", test_src)):
-        hits[name, split] = evaluation.top1_hits(*ms.predict(params, enc, classes, src, batch, best["schedule"],
-                                                             sal, pool))
+      hits[name, "search"] = found["best_hits"]
+      hits[name, "test"] = evaluation.top1_hits(*ms.predict(params, enc, classes, test_src, batch, best["schedule"],
+                                                            sal, pool))
+      for split in ("search", "test"):
         row[name][split] = 100 * float(hits[name, split].mean())
     for split in ("search", "test"):
       row[f"diff_{split}"] = paired_difference(hits["vid-TLDR", split], hits["ToMe", split])

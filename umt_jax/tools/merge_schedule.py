@@ -85,12 +85,16 @@ def predict(params: dict, enc: dict, num_classes: int, source: ip.Source, batch_
   return evaluation.predict(fn, params, source, batch_size, mesh)
 
 
+def source_accuracy(probs: np.ndarray, labels: np.ndarray, source: ip.Source) -> dict:
+  """`evaluation.accuracy` with the split's class names (top1_temporal / top1_appearance where it has them)."""
+  meta = ip.read_metadata(source.path)
+  return evaluation.accuracy(probs, labels, meta.get("label_names"), meta.get("temporal_classes", ()))
+
+
 def evaluate(params: dict, enc: dict, num_classes: int, source: ip.Source, batch_size: int,
              schedule: Sequence[int] = (), saliency: bool = True, pool: str = "count") -> dict:
   """Multi-view top-1/top-5 of the classifier under a merge schedule and pooling on `source` (one device)."""
-  probs, labels = predict(params, enc, num_classes, source, batch_size, schedule, saliency, pool)
-  meta = ip.read_metadata(source.path)
-  return evaluation.accuracy(probs, labels, meta.get("label_names"), meta.get("temporal_classes", ()))
+  return source_accuracy(*predict(params, enc, num_classes, source, batch_size, schedule, saliency, pool), source)
 
 
 def load_classifier(params_path: str) -> tuple[dict, dict, int, dict]:
@@ -115,22 +119,27 @@ def clip_spec(data: dict, meta: dict) -> ip.ClipSpec:
 
 
 def search(params: dict, enc: dict, num_classes: int, source: ip.Source, target: float, batch_size: int,
-           families: Sequence[str] = FAMILIES, saliency: bool = True, pool: str = "count", log=print) -> dict:
-  """-> {'base': metrics unmerged, 'rows': [{schedule, cut, top1, ...}], 'best': the row with the best top-1}."""
+           families: Sequence[str] = FAMILIES, saliency: bool = True, pool: str = "count", base: dict | None = None,
+           log=print) -> dict:
+  """-> {'base': metrics unmerged, 'rows': [{schedule, cut, top1, ...}], 'best': the row with the best top-1,
+  'best_hits': its per-clip top-1 hits (E,) bool}. `base`: the unmerged metrics on `source`, when the caller has
+  them from an earlier search (not evaluated again)."""
   spec = source.clip
   grid, tubelet = spec.size // enc["patch_size"], enc.get("tubelet_size", 1)
-  base = evaluate(params, enc, num_classes, source, batch_size)
+  if base is None:
+    base = {k: float(v) for k, v in evaluate(params, enc, num_classes, source, batch_size).items()}
   log(f"no merging: top-1 {base['top1']:.2f}")
-  rows = []
+  rows, hits = [], {}
   for sched in candidates(enc, spec.num_frames, grid, num_classes, target, families, tubelet):
     cut = flops_cut({**enc, "merge_schedule": sched}, spec.num_frames, grid, num_classes, tubelet)
-    m = evaluate(params, enc, num_classes, source, batch_size, sched, saliency, pool)
+    probs, labels = predict(params, enc, num_classes, source, batch_size, sched, saliency, pool)
+    m, hits[sched] = source_accuracy(probs, labels, source), evaluation.top1_hits(probs, labels)
     rows.append({"schedule": list(sched), "cut": cut, **{k: float(v) for k, v in m.items()}})
     log(f"schedule {list(sched)}: FLOPs -{100 * cut:.1f}%, top-1 {m['top1']:.2f}")
   if not rows:
     raise ValueError(f"no schedule reaches a FLOPs cut of {target} (at most N//2 tokens merge per block)")
   best = max(rows, key=lambda r: (r["top1"], r["cut"]))  # ties: the cheaper schedule
-  return {"base": {k: float(v) for k, v in base.items()}, "rows": rows, "best": best}
+  return {"base": base, "rows": rows, "best": best, "best_hits": hits[tuple(best["schedule"])]}
 
 
 def main(argv=None) -> dict:
@@ -167,7 +176,7 @@ def main(argv=None) -> dict:
         f"{out['base']['top1']:.2f} unmerged")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump(out, f, indent=1)
+      json.dump({k: v for k, v in out.items() if k != "best_hits"}, f, indent=1)
   return out
 
 
