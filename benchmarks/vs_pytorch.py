@@ -2,6 +2,7 @@
 
   python -m benchmarks.vs_pytorch                       # the three configs below, 2 threads each
   python -m benchmarks.vs_pytorch --configs s112 --rounds 7 --steps 3
+  python -m benchmarks.vs_pytorch --profile             # + where each side's step goes: matmul / copies / rest
   XLA_PYTHON_CLIENT_PREALLOCATE=false python -m benchmarks.vs_pytorch --device cuda --dtype bfloat16 \
       --configs s224,b224 --rounds 3 --steps 5     # one GPU: jax and torch share it, so no preallocation
 
@@ -22,7 +23,9 @@ and fp32 params; attention `auto` on the umt_jax side (cuDNN flash attention on 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
 import statistics
 import sys
 import time
@@ -40,7 +43,8 @@ ALIGN, MASK, DROP_PATH = 4, 0.8, 0.1
 
 
 def jax_side(variant: str, frames: int, size: int, batch: int, dtype: str = "float32"):
-  """-> (train_step() -> loss, infer() -> logits) on umt_jax's compiled programs, random weights."""
+  """-> (train_step() -> loss, infer() -> logits, the compiled step's HLO text) on umt_jax's compiled programs,
+  random weights."""
   import jax
   import jax.numpy as jnp
   from umt_jax import config_lib, sharding, train_loop
@@ -74,7 +78,7 @@ def jax_side(variant: str, frames: int, size: int, batch: int, dtype: str = "flo
   x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, frames, size, size, 3)), jnp.float32)
   p = jax.jit(clf.init)(key, x[:1])
   fwd = jax.jit(lambda p, x: clf.apply(p, x)).lower(p, x).compile()
-  return train_step, lambda: np.asarray(fwd(p, x))
+  return train_step, lambda: np.asarray(fwd(p, x)), step.as_text()
 
 
 def torch_side(variant: str, frames: int, size: int, batch: int, official: str = "", device: str = "cpu",
@@ -164,6 +168,109 @@ def official_student(path: str, v, frames: int, size: int):
       clip_return_layer=ALIGN, clip_student_return_interval=1)
 
 
+# Where each side's step goes, by kind of kernel. PyTorch: self CPU time of the ops (torch.profiler); umt_jax: the
+# durations of the compiled program's thunks (jax.profiler), each classified from the HLO by what it computes.
+TORCH_MATMUL = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
+                "aten::convolution_backward", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+TORCH_COPIES = ("aten::copy_", "aten::cat", "aten::clone", "aten::contiguous")
+KINDS = ("matmul", "layout copies", "rest")
+
+
+def hlo_kinds(hlo: str) -> dict[str, str]:
+  """Compiled HLO text -> {instruction name: kind}: 'matmul' for a dot or convolution or a fusion containing one
+  (XLA:CPU's XNNPACK `ynn_fusion`s also hold reductions, so the name alone does not say), 'layout copies' for
+  copies and transposes (and fusions named after them), 'rest' for everything else."""
+  bodies, name, lines = {}, None, []
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if head:
+      name, lines = head.group(1), []
+    elif line.startswith("}") and name:
+      bodies[name] = "\n".join(lines)
+      name = None
+    elif name:
+      lines.append(line)
+  has_dot = {n: bool(re.search(r" (dot|convolution)\(", b)) for n, b in bodies.items()}
+  kinds = {}
+  for b in bodies.values():
+    for m in re.finditer(r"%([\w.\-]+) = [^\n]*? (\w[\w\-]*)\((?:[^\n]*calls=%([\w.\-]+))?", b):
+      inst, op, called = m.groups()
+      if op in ("while", "conditional", "call"):  # their thunks contain the body's, which are counted
+        continue
+      if op in ("dot", "convolution") or (called and has_dot.get(called)):
+        kinds[inst] = "matmul"
+      elif op in ("copy", "transpose") or re.match(r"(copy|transpose)", inst):
+        kinds[inst] = "layout copies"
+      else:
+        kinds[inst] = "rest"
+  return kinds
+
+
+def profile_jax(fn, hlo: str, n: int) -> dict[str, float]:
+  """ms per step of each kind (`KINDS`, wall time) and 'step' (the program's wall time), from a jax.profiler
+  trace."""
+  import gzip
+  import json
+  import tempfile
+  import jax
+  kinds = hlo_kinds(hlo)
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+      for _ in range(n):
+        fn()
+    path = next(os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith("perfetto_trace.json.gz"))
+    events = json.load(gzip.open(path))["traceEvents"]
+  out = dict.fromkeys(KINDS + ("step",), 0.0)
+  # 'step': the union of the executions and their thunks (a loop's body nests an executor; a one-thunk program
+  # runs without one).
+  end = -1.0
+  for t0, t1 in sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X" and
+                       (e["name"] == "ThunkExecutor::Execute" or e["name"] in kinds)):
+    if t1 > end:
+      out["step"] += t1 - max(t0, end)
+      end = t1
+  # XLA:CPU runs independent thunks side by side: each stretch of wall time is split evenly among the thunks
+  # running in it, so the kinds add up to the time the program was busy.
+  marks = sorted((t, d, kinds[e["name"]]) for e in events if e.get("ph") == "X" and e["name"] in kinds
+                 for t, d in ((e["ts"], 1), (e["ts"] + e["dur"], -1)))
+  active, last = collections.Counter(), None
+  for t, d, kind in marks:
+    busy = sum(active.values())
+    if busy and last is not None:
+      for k, c in active.items():
+        out[k] += (t - last) * c / busy
+    active[kind] += d
+    last = t
+  return {k: v / 1e3 / n for k, v in out.items()}
+
+
+def profile_torch(fn, n: int) -> dict[str, float]:
+  """ms per step of each kind (`KINDS`, ops' self CPU time) and 'step' (their sum)."""
+  from torch.profiler import ProfilerActivity, profile
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    for _ in range(n):
+      fn()
+  out = dict.fromkeys(KINDS, 0.0)
+  for e in prof.key_averages():
+    kind = "matmul" if e.key in TORCH_MATMUL else "layout copies" if e.key in TORCH_COPIES else "rest"
+    out[kind] += e.self_cpu_time_total
+  out["step"] = sum(out.values())
+  return {k: v / 1e3 / n for k, v in out.items()}
+
+
+def profile_table(rows: list[tuple[str, dict, dict, float]]) -> str:
+  """rows (config, torch profile, jax profile, torch's timed step ms) -> the markdown table and what bounds it."""
+  lines = ["| config | side | profiled step ms | matmul ms | layout copies ms | rest ms |", "|---|---|---|---|---|---|"]
+  for name, pt, jt, p_step in rows:
+    for side, prof in (("PyTorch", pt), ("umt_jax", jt)):
+      lines.append(f"| {name} | {side} | {prof['step']:.0f} | {prof['matmul']:.0f} | {prof['layout copies']:.0f} | "
+                   f"{prof['rest']:.0f} |")
+    lines.append(f"| {name} | 1.3× needs umt_jax ≤ | {p_step / 1.3:.0f} | umt_jax's matmuls are "
+                 f"{jt['matmul'] / max(pt['matmul'], 1e-9):.2f}× PyTorch's | | |")
+  return "\n".join(lines)
+
+
 def timed(fn, n: int) -> list[float]:
   out = []
   for _ in range(n):
@@ -182,6 +289,8 @@ def main() -> None:
   ap.add_argument("--official", default="", help="an OpenGVLab/unmasked_teacher checkout (optional)")
   ap.add_argument("--device", default="cpu", help="PyTorch's device: cpu or cuda (jax uses its default backend)")
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  ap.add_argument("--profile", action="store_true",
+                  help="after the timing, profile --steps steps per side and split them into matmul / copies / rest")
   args = ap.parse_args()
   import torch
   torch.set_num_threads(args.threads)
@@ -191,13 +300,13 @@ def main() -> None:
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({os.cpu_count()} cores), torch "
         f"{torch.__version__} on {args.device} ({where}), {args.dtype}; medians of {args.rounds}×{args.steps} steps, "
         f"interleaved; load average at start {os.getloadavg()[0]:.1f}")
-  rows = []
+  rows, profiles = [], []
   for name in args.configs.split(","):
     if name not in CONFIGS:
       raise SystemExit(f"--configs: unknown {name!r}; expected some of {sorted(CONFIGS)}")
     variant, frames, size, batch = CONFIGS[name]
     t0 = time.perf_counter()
-    j_train, j_infer = jax_side(variant, frames, size, batch, args.dtype)
+    j_train, j_infer, j_hlo = jax_side(variant, frames, size, batch, args.dtype)
     t_build = time.perf_counter() - t0
     p_train, p_infer = torch_side(variant, frames, size, batch, args.official, args.device, args.dtype)
     for f in (j_train, p_train, j_infer, p_infer):  # warm-up (jax: first run after compile; torch: allocator)
@@ -210,6 +319,8 @@ def main() -> None:
       times["ji"] += timed(j_infer, args.steps)
     med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     rows.append((name, variant, frames, size, batch, med, t_build))
+    if args.profile:
+      profiles.append((name, profile_torch(p_train, args.steps), profile_jax(j_train, j_hlo, args.steps), med["pt"]))
     print(f"{name}: jax build+compile {t_build:.1f} s; train {med['pt']:.0f} ms torch vs {med['jt']:.0f} ms jax; "
           f"infer {med['pi']:.0f} vs {med['ji']:.0f} ms", file=sys.stderr)
   print(f"load average at end {os.getloadavg()[0]:.1f} (other processes share these cores: above the thread "
@@ -220,6 +331,10 @@ def main() -> None:
   for name, variant, frames, size, batch, m, _ in rows:
     print(f"| {variant}/16, {frames}×{size}², batch {batch} ({name}) | {m['pt']:.0f} | {m['jt']:.0f} | "
           f"**{m['pt'] / m['jt']:.2f}×** | {m['pi']:.0f} | {m['ji']:.0f} | **{m['pi'] / m['ji']:.2f}×** |")
+  if profiles:
+    print("\nWhere the stage-1 step goes (PyTorch: ops' self CPU time; umt_jax: the compiled program's thunks, "
+          "classified from its HLO):\n")
+    print(profile_table(profiles))
 
 
 if __name__ == "__main__":
