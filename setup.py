@@ -3,8 +3,9 @@ from setuptools import find_packages, setup
 
 CORE = [
     "jax>=0.10,<0.11",
-    # ml_dtypes 0.7.0's import takes ~0.9 s (its ufunc loops registered through numpy's linear-search AddLoop:
-    # perf shows PyUFunc_AddLoop and tuple compares), 0.6.0's 0.02 s; every process start paid it (README, Scale).
+    # ml_dtypes 0.7.0's import takes ~0.8 s more than 0.6.0's (its ufunc loops registered through numpy's
+    # linear-search AddLoop: perf shows PyUFunc_AddLoop and tuple compares); every process start paid it (README,
+    # Scale).
     "ml_dtypes>=0.5,<0.7",
     "flax>=0.12,<0.13",
     "optax>=0.2.8",
