@@ -167,11 +167,19 @@ def cudnn_bias(x: jax.Array | None, q: jax.Array, k: jax.Array) -> jax.Array | N
   return x if x.dtype == jnp.bool_ else x.astype(q.dtype)
 
 
+def heads_first(x: jax.Array) -> jax.Array:
+  """(B, L, H, Dh) -> (B, H, L, Dh). The attention's batched dots run on heads-first operands: XLA:CPU's fused
+  attention from the (B, L, H, Dh) layout was 2.3× slower in the forward (CLIP teacher at 224²: 114 vs 49 ms a
+  layer) and up to 1.4× in forward + backward, the transposes included (benchmarks in the README)."""
+  return x.transpose(0, 2, 1, 3)
+
+
 def attention_logits(q: jax.Array, k: jax.Array, bias: jax.Array | None, scale: float,
                      causal: bool = False) -> jax.Array:
   """q (B, L, H, Dh), k (B, S, H, Dh), bias broadcastable to (B, H, L, S) -> (q·scale) kᵀ + bias, fp32
   (B, H, L, S)."""
-  logits = jnp.einsum("blhd,bshd->bhls", q * jnp.asarray(scale, q.dtype), k, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("bhld,bhsd->bhls", heads_first(q * jnp.asarray(scale, q.dtype)), heads_first(k),
+                      preferred_element_type=jnp.float32)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if causal:  # the value jax.nn.dot_product_attention uses for masked logits
@@ -193,7 +201,12 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | No
                                         implementation="cudnn")
   if probs is None:
     probs = jax.nn.softmax(attention_logits(q, k, bias, scale, causal), axis=-1)
-  return jnp.einsum("bhls,bshd->blhd", probs.astype(v.dtype), v)
+  return attend(probs, v)
+
+
+def attend(probs: jax.Array, v: jax.Array) -> jax.Array:
+  """probs (B, H, L, S), v (B, S, H, Dh) -> probs · v (B, L, H, Dh), in v's dtype (the product heads-first)."""
+  return heads_first(jnp.einsum("bhls,bhsd->bhld", probs.astype(v.dtype), heads_first(v)))
 
 
 class Attention(nn.Module):
@@ -307,13 +320,14 @@ def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
     impl = attention_impl(attn_impl, q.dtype, dh, (q.shape[1], k.shape[1]), mask is not None)
     return jax.nn.dot_product_attention(q, k, v, mask=cudnn_bias(mask, q, k) if impl == "cudnn" else mask,
                                         scale=dh ** -0.5, implementation=impl)
-  logits = jnp.einsum("blhd,bshd->bhls", q, k, preferred_element_type=jnp.float32) * dh ** -0.5
+  logits = jnp.einsum("bhld,bhsd->bhls", heads_first(q), heads_first(k), preferred_element_type=jnp.float32)
+  logits = logits * dh ** -0.5  # after the product, as BERT scales
   if mask is not None:  # the value jax.nn.dot_product_attention uses: fully masked rows become uniform
     logits = jnp.where(mask, logits, -0.7 * float(jnp.finfo(jnp.float32).max))
   probs = jax.nn.softmax(logits, axis=-1)
   keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
   probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum("bhls,bshd->blhd", probs.astype(v.dtype), v)
+  return attend(probs, v)
 
 
 class QKVAttention(nn.Module):
