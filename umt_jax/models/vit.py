@@ -64,7 +64,9 @@ def patchify(video: jax.Array, tubelet_size: int, patch_size: int) -> jax.Array:
 class PatchEmbed(nn.Module):
   """Tubelet embedding: a Conv3d with kernel = stride = (kt, p, p), written as patchify + matmul.
 
-  (B, T, H, W, C) -> (B, T/kt · H/p · W/p, D). Kernel (kt, p, p, C, D) [torch: proj.weight (D, C, kt, p, p)].
+  (B, T, H, W, C) -> (B, T/kt · H/p · W/p, D), or with `visible_idx` (B, Nv) only those tubelets (B, Nv, D):
+  they are gathered before the matmul, so masked ones cost nothing. Kernel (kt, p, p, C, D) [torch:
+  proj.weight (D, C, kt, p, p)].
   """
   embed_dim: int
   patch_size: int
@@ -73,8 +75,10 @@ class PatchEmbed(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, video: jax.Array) -> jax.Array:
+  def __call__(self, video: jax.Array, visible_idx: jax.Array | None = None) -> jax.Array:
     x = patchify(video, self.tubelet_size, self.patch_size)
+    if visible_idx is not None:
+      x = gather_tokens(x, visible_idx)
     fan_in = int(np.prod(x.shape[2:]))
     return layers.Dense(self.embed_dim, axes=(None, None, None, None, "embed"), in_ndim=4,
                         kernel_init=layers.torch_linear_init(fan_in), bias_init=layers.torch_linear_init(fan_in),
@@ -165,14 +169,14 @@ class VisionTransformer(nn.Module):
   def __call__(self, video: jax.Array, visible_idx: jax.Array | None = None,
                return_layers: Sequence[int] = (), deterministic: bool = True, return_counts: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = PatchEmbed(self.embed_dim, self.patch_size, self.tubelet_size, name="patch_embed", **kw)(video)
+    x = PatchEmbed(self.embed_dim, self.patch_size, self.tubelet_size, name="patch_embed", **kw)(video, visible_idx)
     table = jnp.asarray(self.pos_table(video.shape))[None]
     if self.pos_param:  # initialised to the computed table; detached, as the official forward does
       table = jax.lax.stop_gradient(layers.param_with_axes(
           self, "pos_embed", lambda *_: table, table.shape, (None, None, "embed"), self.param_dtype))
+    if visible_idx is not None:  # the official code embeds every tubelet, then drops the masked ones: the same
+      table = gather_tokens(jnp.broadcast_to(table, (x.shape[0],) + table.shape[1:]), visible_idx)
     x = x + table.astype(self.dtype)
-    if visible_idx is not None:
-      x = gather_tokens(x, visible_idx)
     x = layers.constrain(x)
     kernel_init = layers.trunc_normal(0.02) if self.linear_init == "trunc_normal" else None
     block = Block
