@@ -22,6 +22,9 @@ classifier's schedule (the same student, so the same encoder FLOPs).
 (iv) with --workdir and --cuts (e.g. 0.3,0.4,0.5,0.6): for each target cut, vid-TLDR and ToMe each with its own
 schedule searched on --search_split, top-1 on both splits and the paired vid-TLDR - ToMe difference of per-clip
 hits with its standard error (whether a gap between the two is more than the evaluation's noise).
+(v) with --workdir and --seeds: the classifier of every fine-tuning seed the demo trained (`demo.FT_SEEDS`),
+unmerged, vid-TLDR and ToMe at the searched schedule, on both splits, and the paired differences pooled over
+the seeds' clips: one fine-tuning run's own noise (its top-1 moves by ±2 points between seeds) averaged out.
 """
 from __future__ import annotations
 
@@ -128,16 +131,23 @@ def b16_rows(args, log) -> list[dict]:
                  args.b16_batch_sizes or args.batch_sizes, args.runs, log, jnp.dtype(args.dtype), args.pool)
 
 
-def demo_rows(args, log) -> tuple[list[dict], list[int], str, list[dict]]:
-  """-> (rows, the searched vid-TLDR schedule, the object-drop line, the `--cuts` curve)."""
-  ft = os.path.join(args.workdir, "finetune")
+def demo_classifier(args, run: str = "finetune"):
+  """The demo's classifier in <workdir>/<run> -> (params, encoder kwargs, classes, its data config, ClipSpec,
+  the search split's Source, the test split's Source)."""
+  ft = os.path.join(args.workdir, run)
   params, enc, classes, meta = ms.load_classifier(os.path.join(ft, "params.npz"))
   with open(os.path.join(ft, "config.json")) as f:
     data_cfg = json.load(f)["data"]
   data = os.path.join(args.workdir, "data")
   spec = ms.clip_spec(data_cfg, meta)
-  search_src = ip.Source(data, args.search_split, clip=spec)
-  test_src = ip.Source(data, data_cfg["eval_split"], clip=spec)
+  return (params, enc, classes, data_cfg, spec, ip.Source(data, args.search_split, clip=spec),
+          ip.Source(data, data_cfg["eval_split"], clip=spec))
+
+
+def demo_rows(args, log) -> tuple[list[dict], list[int], str, list[dict]]:
+  """-> (rows, the searched vid-TLDR schedule, the object-drop line, the `--cuts` curve)."""
+  params, enc, classes, data_cfg, spec, search_src, test_src = demo_classifier(args)
+  data = search_src.path
   found = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=True, pool=args.pool,
                     log=log)
   tome = ms.search(params, enc, classes, search_src, args.cut, args.eval_batch, saliency=False, pool=args.pool,
@@ -223,6 +233,56 @@ def cut_curve(params, enc: dict, classes: int, search_src: ip.Source, test_src: 
   return rows
 
 
+def seed_comparison(classifiers: dict[str, dict], enc: dict, classes: int, sources: dict[str, ip.Source],
+                    schedule, batch: int, pool: str, log) -> list[dict]:
+  """classifiers: name -> params of one architecture `enc`; sources: split name -> Source. Per classifier and
+  split: top-1 unmerged, with vid-TLDR and with ToMe at `schedule` ('<method>/<split>'); then a last row, 'all
+  (pooled)', with the same over every classifier's clips and the paired differences '<a> − <b>/<split>' ->
+  (mean, s.e.) of vid-TLDR − none, ToMe − none and vid-TLDR − ToMe."""
+  runs = {"none": ((), False), "vid-TLDR": (tuple(schedule), True), "ToMe": (tuple(schedule), False)}
+  rows, hits = [], {}
+  for name, params in classifiers.items():
+    row = {"classifier": name}
+    for split, src in sources.items():
+      for m, (sched, sal) in runs.items():
+        h = evaluation.top1_hits(*ms.predict(params, enc, classes, src, batch, sched, sal, pool))
+        row[f"{m}/{split}"] = 100 * float(h.mean())
+        hits.setdefault((m, split), []).append(h)
+    log(f"seed comparison, {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "classifier"))
+    rows.append(row)
+  pooled = {"classifier": "all (pooled)"}
+  for split in sources:
+    h = {m: np.concatenate(hits[m, split]) for m in runs}
+    pooled.update({f"{m}/{split}": 100 * float(h[m].mean()) for m in runs})
+    for a, b in (("vid-TLDR", "none"), ("ToMe", "none"), ("vid-TLDR", "ToMe")):
+      pooled[f"{a} − {b}/{split}"] = paired_difference(h[a], h[b])
+  return rows + [pooled]
+
+
+def seed_rows(args, schedule, log) -> list[dict]:
+  """`seed_comparison` of the demo's classifiers, one per fine-tuning seed it trained."""
+  from umt_jax import demo
+  runs = [demo.seed_run("finetune", s) for s in demo.FT_SEEDS]
+  runs = [r for r in runs if os.path.isfile(os.path.join(args.workdir, r, "params.npz"))]
+  loaded = {r: demo_classifier(args, r) for r in runs}
+  _, enc, classes, _, _, search_src, test_src = loaded[runs[0]]
+  return seed_comparison({r: v[0] for r, v in loaded.items()}, enc, classes,
+                         {args.search_split: search_src, "test": test_src}, schedule, args.eval_batch, args.pool, log)
+
+
+def seed_table(rows: list[dict], schedule) -> str:
+  """`seed_comparison`'s rows -> markdown, one line per classifier and split."""
+  splits = [k.split("/")[1] for k in rows[0] if k.startswith("none/")]
+  cols = ("none", "vid-TLDR", "ToMe", "vid-TLDR − none", "ToMe − none", "vid-TLDR − ToMe")
+  sched = ",".join(map(str, schedule))
+  cell = lambda v: "" if v is None else f"{v[0]:+.1f} ± {v[1]:.1f}" if isinstance(v, tuple) else f"{v:.1f}"
+  lines = ["| classifier | split | " + " | ".join(f"{c} ({sched})" if c in ("vid-TLDR", "ToMe") else c
+                                                for c in cols) + " |", "|" + "---|" * (len(cols) + 2)]
+  lines += [f"| {r['classifier']} | {split} | " + " | ".join(cell(r.get(f"{c}/{split}")) for c in cols) + " |"
+            for r in rows for split in splits]
+  return "\n".join(lines)
+
+
 def curve_table(rows: list[dict], search_split: str) -> str:
   lines = [f"| target cut | vid-TLDR schedule (cut) | ToMe schedule (cut) | top-1 on `{search_split}`, vid-TLDR / ToMe | "
            "vid-TLDR − ToMe (± s.e.) | top-1 on test, vid-TLDR / ToMe | vid-TLDR − ToMe (± s.e.) |",
@@ -299,6 +359,8 @@ def main(argv=None) -> dict:
                   help="the classifier's pooling of merged tokens (model.merge.pool); the other is reported beside")
   ap.add_argument("--cuts", default="", help="also, per target cut (e.g. 0.3,0.4,0.5,0.6), vid-TLDR and ToMe each "
                   "with its own searched schedule: top-1 on both splits and the paired difference")
+  ap.add_argument("--seeds", action="store_true", help="also the demo's classifier of every fine-tuning seed at the "
+                  "searched schedule, and the paired differences pooled over them")
   ap.add_argument("--skip_b16", action="store_true")
   ap.add_argument("--dtype", default="float32", help="B/16's compute dtype (GPU: bfloat16)")
   ap.add_argument("--attn_impl", default="", help="B/16's attention: xla (default), cudnn or auto")
@@ -313,10 +375,12 @@ def main(argv=None) -> dict:
   log = lambda s: print(s, file=sys.stderr, flush=True)
   t0 = time.time()
   rows = [] if args.skip_b16 else b16_rows(args, log)
-  retrieval, note, curve = [], "", []
+  retrieval, note, curve, seeds = [], "", [], []
   if args.workdir:
     demo_r, schedule, note, curve = demo_rows(args, log)
     rows += demo_r
+    if args.seeds:
+      seeds = seed_rows(args, schedule, log)
     if os.path.isfile(os.path.join(args.workdir, "umt_stage2", "params.npz")):
       retrieval = retrieval_rows(args, schedule, log)
   sizes = sorted({b for r in rows for b in r["clips_s"]})
@@ -326,13 +390,16 @@ def main(argv=None) -> dict:
     text += "\n\n" + note
   if curve:
     text += "\n\n" + curve_table(curve, args.search_split)
+  if seeds:
+    text += "\n\n" + seed_table(seeds, schedule)
   if retrieval:
     text += "\n\n" + retrieval_table(retrieval)
   print(text)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": rows, "retrieval": retrieval, "curve": curve, "table": text}, f, indent=1, default=str)
-  return {"rows": rows, "retrieval": retrieval, "curve": curve, "table": text}
+      json.dump({"rows": rows, "retrieval": retrieval, "curve": curve, "seeds": seeds, "table": text}, f, indent=1,
+                default=str)
+  return {"rows": rows, "retrieval": retrieval, "curve": curve, "seeds": seeds, "table": text}
 
 
 if __name__ == "__main__":

@@ -174,3 +174,23 @@ def test_cut_curve_searches_each_method(tiny_workdir):
     assert row[name]["search"] == pytest.approx(best["top1"]) == pytest.approx(row[name]["test"])
   assert row["diff_search"][0] == pytest.approx(row["vid-TLDR"]["search"] - row["ToMe"]["search"])
   assert bm.curve_table([row], "test").count("\n") == 2
+
+
+def test_seed_comparison_pools_the_classifiers(tiny_workdir):
+  """Per classifier the three models' top-1 on each split; the pooled row is over all classifiers' clips."""
+  from benchmarks import merging as bm
+  enc = dict(embed_dim=64, depth=3, num_heads=2, mlp_dim=128, patch_size=8, tubelet_size=1)
+  model = VideoClassifier(encoder=enc, num_classes=10)
+  clfs = {f"seed{i}": nn.meta.unbox(model.init(jax.random.key(i), jnp.zeros((1, 4, 32, 32, 3)))["params"])
+          for i in range(2)}
+  src = ip.Source(tiny_workdir, "test", clip=ip.ClipSpec(num_frames=4, size=32, crop="center", flip=False))
+  rows = bm.seed_comparison(clfs, enc, 10, {"a": src}, (16, 8), 12, "count", lambda _: None)
+  assert [r["classifier"] for r in rows] == ["seed0", "seed1", "all (pooled)"]
+  for r, params in zip(rows, clfs.values()):
+    for m, sched, sal in (("none", (), False), ("vid-TLDR", (16, 8), True), ("ToMe", (16, 8), False)):
+      assert r[f"{m}/a"] == pytest.approx(merge_schedule.evaluate(params, enc, 10, src, 12, sched, sal)["top1"])
+  pooled = rows[-1]
+  for m in ("none", "vid-TLDR", "ToMe"):
+    assert pooled[f"{m}/a"] == pytest.approx((rows[0][f"{m}/a"] + rows[1][f"{m}/a"]) / 2)
+  assert pooled["vid-TLDR − ToMe/a"][0] == pytest.approx(pooled["vid-TLDR/a"] - pooled["ToMe/a"])
+  assert bm.seed_table(rows, (16, 8)).count("\n") == 4

@@ -204,10 +204,15 @@ def beats(x: str, y: str, rx: dict, ry: dict, key: str = "top1", what: str = "ov
   return f"{x} beats {y} {what}: {rx[key] > ry[key]} ({rx[key]:.1f} vs {ry[key]:.1f})"
 
 
+def seed_run(name: str, seed: int) -> str:
+  """The workdir subfolder of stage `name` trained with `seed`: <name> for seed 0, else <name>_seed<seed>."""
+  return name if seed == 0 else f"{name}_seed{seed}"
+
+
 def mean_of_seeds(stage, name: str, **updates) -> dict:
-  """Stage `name` once per `FT_SEEDS` seed (in <workdir>/<name>, <name>_seed1, ...) -> each eval metric's mean
-  over the runs, "top-1 per seed": their top-1s ('47.6 / 48.4 / ...'), and 'seconds': their sum."""
-  res = [stage(name, run=name if s == 0 else f"{name}_seed{s}", seed=s, **updates) for s in FT_SEEDS]
+  """Stage `name` once per `FT_SEEDS` seed (in `seed_run(name, seed)`) -> each eval metric's mean over the
+  runs, "top-1 per seed": their top-1s ('47.6 / 48.4 / ...'), and 'seconds': their sum."""
+  res = [stage(name, run=seed_run(name, s), seed=s, **updates) for s in FT_SEEDS]
   out = {k: float(np.mean([r["eval"][k] for r in res])) for k in res[0]["eval"]}
   return {**out, "top-1 per seed": " / ".join(f"{r['eval']['top1']:.1f}" for r in res),
           "seconds": sum(r["seconds"] for r in res)}
