@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tests import torch_ref
+from umt_jax import masking
 from umt_jax.convert import clip_import
 from umt_jax.models.clip import CLIP, CLIPTeacher
 
@@ -72,7 +73,7 @@ def test_hf_teacher_layers_and_attention_match(hf_folder):
   hf, folder = hf_folder
   params, cfg = clip_import.import_clip(folder, visual_only=True)
   video = _video()
-  feats, attn = CLIPTeacher(cfg, num_layers=2).apply({"params": {"visual": params}}, video)
+  feats, attn, _ = CLIPTeacher(cfg, num_layers=2).apply({"params": {"visual": params}}, video)
   b, t = video.shape[:2]
   with torch.no_grad():
     out = hf.vision_model(_nchw(video.reshape(b * t, 32, 32, 3)), output_hidden_states=True, output_attentions=True)
@@ -82,6 +83,19 @@ def test_hf_teacher_layers_and_attention_match(hf_folder):
       np.testing.assert_allclose(feats[k], x, atol=ATOL)
     want_attn = out.attentions[-1].mean(1)[:, 0, 1:].reshape(b, t, -1).numpy()
   np.testing.assert_allclose(attn, want_attn, atol=1e-5)
+
+  # With the semantic mask as `select`, the last block runs on the kept tokens alone: same mask, same
+  # attention, the same features at those tokens.
+  key = jax.random.key(5)
+  seen = []
+  select = lambda a: seen.append(a) or masking.semantic_frame_mask(key, a, 0.5)
+  got, got_attn, visible = CLIPTeacher(cfg, num_layers=2).apply({"params": {"visual": params}}, video, select)
+  want_visible = masking.semantic_mask(key, attn, 0.5)
+  np.testing.assert_array_equal(visible, want_visible)
+  assert got.shape == (2, b, t * 8, 32) and seen[0].shape == attn.shape
+  np.testing.assert_allclose(got, np.take_along_axis(feats, np.asarray(want_visible)[None, :, :, None], 2),
+                             atol=1e-6)
+  np.testing.assert_allclose(got_attn, attn, atol=1e-7)
 
 
 def test_hf_bare_safetensors_file_imports_the_same(hf_folder):
@@ -135,7 +149,7 @@ def test_umt_visual_only_teacher_at_another_resolution(tmp_path):
   cfg, params = clip_import.load_teacher(str(tmp_path / "teacher.npz"))
   assert cfg.image_size == 24
   video = _video(seed=4)
-  feats, attn = CLIPTeacher(cfg, num_layers=2).apply({"params": params}, video)
+  feats, attn, _ = CLIPTeacher(cfg, num_layers=2).apply({"params": params}, video)
   assert feats.shape == (2, 2, 3 * 9, 32) and attn.shape == (2, 3, 9)
 
   # The official side: resize the table at load (bicubic), resize frames with F.interpolate (bicubic).

@@ -54,7 +54,7 @@ def test_merged_count_by_hand():
   assert flops.merged_blocks(10, 8, 32, (0, 0))[0] == flops.blocks(10, 8, 2, 32)
   # merge-aware training FLOPs: the blocks 3 passes, the matching one
   enc = dict(embed_dim=8, depth=2, mlp_dim=32, patch_size=1, merge_schedule=(3,))
-  assert flops.student(10, 10, enc) == 3 * (attn(10) + mlp(7) + attn(7) + mlp(7)) + 2 * 5 * 5 * 8 + 2 * 2 * 10 * 3 * 8
+  assert flops.student(10, enc) == 3 * (attn(10) + mlp(7) + attn(7) + mlp(7)) + 2 * 5 * 5 * 8 + 2 * 2 * 10 * 3 * 8
 
 
 def load_config(name: str, arg: str):

@@ -126,7 +126,7 @@ def save_mask_png(teacher_path: str, data: str, split: str, spec: ip.ClipSpec, r
   cfg, params = load_teacher(teacher_path)
   ds, _ = ip.eval_dataset(ip.Source(data, split, clip=spec), clips, 0, 1)
   video = next(iter(ds))["video"][:clips, 0]  # (C, T, S, S, 3)
-  _, attn = CLIPTeacher(cfg, num_layers=1).apply({"params": params}, ip.normalize(jnp.asarray(video)))
+  _, attn, _ = CLIPTeacher(cfg, num_layers=1).apply({"params": params}, ip.normalize(jnp.asarray(video)))
   visible = np.asarray(masking.semantic_mask(jax.random.key(0), attn, ratio))
   g, p = cfg.grid, cfg.patch_size
   keep = np.zeros((clips, video.shape[1], g, g), bool)

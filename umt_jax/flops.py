@@ -6,10 +6,11 @@ gradient). Elementwise work (norms, softmax, GELU, the optimizer) and remat reco
 these are "model FLOPs": a remat run does more work for the same count. `tests/test_flops.py` checks every
 stage against XLA's `cost_analysis()` of the compiled step.
 
-  UMT stage 1   student on the visible tokens only (its patch embedding on all of them, before the gather),
-                K alignment decoders on the visible tokens, the teacher forward on every frame.
+  UMT stage 1   student on the visible tokens only (its patch embedding too: the tubelets are gathered first),
+                K alignment decoders on the visible tokens, the teacher forward on every frame, its last block
+                after the attention's keys and values on the CLS token and the visible tokens only.
   fine-tuning   the classifier on all tokens.
-  VideoMAE      encoder on the Nv tube-visible tokens (patch embedding on all), enc→dec on Nv, decoder blocks
+  VideoMAE      encoder on the Nv tube-visible tokens (patch embedding too), enc→dec on Nv, decoder blocks
                 on Nv + Nd (Nd decoder-kept mask tokens), norm + head on the Nd predictions.
   CLIP stage 0  image tower on one frame, text tower, and the B×B similarity matrix.
 
@@ -29,9 +30,10 @@ def linear(tokens: int, d_in: int, d_out: int) -> float:
   return 2.0 * tokens * d_in * d_out
 
 
-def attention(n: int, d: int) -> float:
-  """qkv, QKᵀ, AV and the output projection on n tokens of width d."""
-  return linear(n, d, 3 * d) + 2 * linear(n, d, n) + linear(n, d, d)
+def attention(n: int, d: int, queries: int | None = None) -> float:
+  """qkv on n tokens of width d; QKᵀ, AV and the output projection for `queries` of them (default all)."""
+  q = n if queries is None else queries
+  return linear(n, d, 3 * d) + 2 * linear(q, d, n) + linear(q, d, d)
 
 
 def blocks(tokens: int, width: int, depth: int, mlp_dim: int) -> float:
@@ -58,32 +60,35 @@ def encoder_blocks(tokens: int, enc: dict, passes: float) -> float:
   return passes * blk + FROZEN * match
 
 
-def student(visible: int, tokens: int, enc: dict, tubelet: int = 1) -> float:
-  """Train FLOPs of the video ViT on `visible` of its `tokens` for one clip (merging the visible ones)."""
+def student(tokens: int, enc: dict, tubelet: int = 1) -> float:
+  """Train FLOPs of the video ViT on the `tokens` it embeds (the visible ones) for one clip, merge-aware."""
   p = enc["patch_size"]
-  return encoder_blocks(visible, enc, TRAIN) + EMBED * linear(tokens, tubelet * p * p * 3, enc["embed_dim"])
+  return encoder_blocks(tokens, enc, TRAIN) + EMBED * linear(tokens, tubelet * p * p * 3, enc["embed_dim"])
 
 
-def clip_image(cfg, passes: float, project: int) -> float:
-  """FLOPs of the CLIP image tower on one image; `project` tokens go through the output projection."""
-  n = cfg.grid ** 2
-  return (EMBED if passes == TRAIN else FROZEN) * linear(n, cfg.patch_size ** 2 * 3, cfg.vision_width) + passes * (
-      blocks(n + 1, cfg.vision_width, cfg.vision_layers, 4 * cfg.vision_width)
-      + linear(project, cfg.vision_width, cfg.embed_dim))
+def clip_image(cfg, passes: float, project: int, kept: int | None = None) -> float:
+  """FLOPs of the CLIP image tower on one image; `project` tokens go through the output projection. `kept`:
+  the patches the last block finishes after its keys and values (the UMT teacher's visible ones)."""
+  n, w = cfg.grid ** 2, cfg.vision_width
+  q = n + 1 if kept is None else kept + 1
+  last = attention(n + 1, w, q) + 2 * linear(q, w, 4 * w)
+  return (EMBED if passes == TRAIN else FROZEN) * linear(n, cfg.patch_size ** 2 * 3, w) + passes * (
+      blocks(n + 1, w, cfg.vision_layers - 1, 4 * w) + last + linear(project, w, cfg.embed_dim))
 
 
 def umt_step(batch: int, frames: int, grid: int, mask_ratio: float, enc: dict, clip_dim: int, align_layers: int,
              teacher_cfg) -> float:
   """One stage-1 step: `batch` clips of `frames` frames, grid×grid tokens per frame."""
-  visible = num_visible(grid * grid, mask_ratio) * frames
+  kept = num_visible(grid * grid, mask_ratio)
+  visible = kept * frames
   decoders = TRAIN * align_layers * linear(visible, enc["embed_dim"], clip_dim)
-  teacher = frames * clip_image(teacher_cfg, FROZEN, align_layers * grid * grid)
-  return batch * (student(visible, grid * grid * frames, enc) + decoders + teacher)
+  teacher = frames * clip_image(teacher_cfg, FROZEN, align_layers * kept, kept)
+  return batch * (student(visible, enc) + decoders + teacher)
 
 
 def finetune_step(batch: int, frames: int, grid: int, enc: dict, num_classes: int, tubelet: int = 1) -> float:
   n = frames // tubelet * grid * grid
-  return batch * (student(n, n, enc, tubelet) + TRAIN * linear(1, enc["embed_dim"], num_classes))
+  return batch * (student(n, enc, tubelet) + TRAIN * linear(1, enc["embed_dim"], num_classes))
 
 
 def classifier_forward(tokens: int, enc: dict, num_classes: int, tubelet: int = 1) -> float:
@@ -100,11 +105,11 @@ def clip_step(batch: int, cfg) -> float:
   return batch * (clip_image(cfg, TRAIN, 1) + TRAIN * text) + TRAIN * linear(batch, cfg.embed_dim, batch)
 
 
-def videomae_step(batch: int, tokens: int, visible: int, decoded: int, enc: dict, decoder_dim: int,
-                  decoder_depth: int, decoder_mlp: int, tubelet: int) -> float:
+def videomae_step(batch: int, visible: int, decoded: int, enc: dict, decoder_dim: int, decoder_depth: int,
+                  decoder_mlp: int, tubelet: int) -> float:
   """One dual-masked step on `batch` samples (repeated views counted): `visible` encoder tokens and `decoded`
-  decoder mask tokens of `tokens` per sample."""
+  decoder mask tokens per sample."""
   out = 3 * tubelet * enc["patch_size"] ** 2
   decoder = (linear(visible, enc["embed_dim"], decoder_dim)
              + blocks(visible + decoded, decoder_dim, decoder_depth, decoder_mlp) + linear(decoded, decoder_dim, out))
-  return batch * (student(visible, tokens, enc, tubelet) + TRAIN * decoder)
+  return batch * (student(visible, enc, tubelet) + TRAIN * decoder)

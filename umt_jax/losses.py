@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from umt_jax.masking import visible_to_mask
-from umt_jax.models.vit import gather_tokens, patchify
+from umt_jax.models.layers import gather_tokens
+from umt_jax.models.vit import patchify
 
 
 def _l2n(x: jax.Array) -> jax.Array:

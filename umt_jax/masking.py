@@ -23,17 +23,27 @@ def _sorted_topk(scores: jax.Array, k: int) -> jax.Array:
   return jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1)
 
 
-def semantic_mask(key: jax.Array, cls_attn: jax.Array, mask_ratio: float) -> jax.Array:
-  """UMT's attention-guided mask. cls_attn (B, T, N) teacher CLS→patch attention -> visible (B, T·Nv).
+def semantic_frame_mask(key: jax.Array, cls_attn: jax.Array, mask_ratio: float) -> jax.Array:
+  """UMT's attention-guided mask, per frame. cls_attn (B, T, N) teacher CLS→patch attention -> (B, T, Nv)
+  patch indices within each frame, ascending.
 
   Per frame, draws Nv = N - int(N·ratio) tokens without replacement with probability ∝ attention (the
   official `torch.multinomial(attn, N)[:Nv]`), via Gumbel-top-k, which has the same distribution.
   """
-  b, t, n = cls_attn.shape
-  k = num_visible(n, mask_ratio)
+  k = num_visible(cls_attn.shape[-1], mask_ratio)
   logp = jnp.log(jnp.maximum(cls_attn.astype(jnp.float32), jnp.finfo(jnp.float32).tiny))
-  idx = _sorted_topk(logp + jax.random.gumbel(key, logp.shape), k)  # (B, T, k)
+  return _sorted_topk(logp + jax.random.gumbel(key, logp.shape), k)
+
+
+def frame_tokens(idx: jax.Array, n: int) -> jax.Array:
+  """Per-frame patch indices (B, T, K) of frames of n patches -> token indices t·n + i (B, T·K)."""
+  b, t, k = idx.shape
   return (idx + n * jnp.arange(t)[None, :, None]).reshape(b, t * k)
+
+
+def semantic_mask(key: jax.Array, cls_attn: jax.Array, mask_ratio: float) -> jax.Array:
+  """`semantic_frame_mask` as token indices: cls_attn (B, T, N) -> visible (B, T·Nv), ascending."""
+  return frame_tokens(semantic_frame_mask(key, cls_attn, mask_ratio), cls_attn.shape[-1])
 
 
 def random_mask(key: jax.Array, batch: int, num_tokens: int, mask_ratio: float) -> jax.Array:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from umt_jax import masking
 from umt_jax.models import layers
 from umt_jax.models.posemb import resize_axis
 from umt_jax.models.vit import patchify
@@ -71,8 +72,10 @@ Adapter = Callable[[jax.Array], jax.Array]
 class ResidualAttentionBlock(nn.Module):
   """x + DropPath(attn(z)); x + DropPath(mlp(ln_2 x)) [+ adapter(z)], z = ln_1(x).
 
-  __call__(x (B, N, D), deterministic, adapter) -> (x (B, N, D), query-0 attention (B, N) averaged over heads
-  or None). `adapter` (MMA / MSTA): z (B, N, D) -> (B, N, D), added after attention and MLP.
+  __call__(x (B, N, D), deterministic, adapter, keep) -> (x (B, N, D), query-0 attention (B, N) averaged over
+  heads or None, rows or None). `adapter` (MMA / MSTA): z (B, N, D) -> (B, N, D), added after attention and
+  MLP. `keep` (with return_cls_attn): that attention -> rows (B, M); the block then runs on those rows only
+  and returns x (B, M, D) (layers.Attention's `keep`).
   """
   num_heads: int
   act: str = "quick_gelu"
@@ -84,27 +87,35 @@ class ResidualAttentionBlock(nn.Module):
   drop_path: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True, adapter: Adapter | None = None):
+  def __call__(self, x: jax.Array, deterministic: bool = True, adapter: Adapter | None = None,
+               keep: Callable[[jax.Array], jax.Array] | None = None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     rng = lambda: None if deterministic or self.drop_path == 0 else self.make_rng("dropout")
     z = layers.LayerNorm(self.norm_eps, name="ln_1", **kw)(x)
     out = layers.Attention(self.num_heads, layout="openai", causal=self.causal,
-                           return_attn="cls" if self.return_cls_attn else None, name="attn", **kw)(z)
-    y, attn = out if self.return_cls_attn else (out, None)
+                           return_attn="cls" if self.return_cls_attn else None, name="attn", **kw)(z, keep=keep)
+    if keep is not None:
+      y, attn, rows = out
+    else:
+      (y, attn), rows = (out if self.return_cls_attn else (out, None)), None
+    if rows is not None:
+      x, z = layers.gather_tokens(x, rows), layers.gather_tokens(z, rows)
     x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
     y = layers.Mlp(4 * x.shape[-1], act=ACTIVATIONS[self.act], names=("c_fc", "c_proj"), name="mlp", **kw)(
         layers.LayerNorm(self.norm_eps, name="ln_2", **kw)(x))
     x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
     if adapter is not None:
       x = x + adapter(z).astype(x.dtype)
-    return layers.constrain(x), attn
+    return layers.constrain(x), attn, rows
 
 
 class Transformer(nn.Module):
-  """Stack of residual blocks; returns (x, outputs of `return_layers` stacked (K, ...), last block's CLS attn).
+  """Stack of residual blocks -> (x, outputs of `return_layers` stacked (K, ...), last block's CLS attn, rows).
 
   Stochastic depth linspace(0, drop_path_rate, layers) (ViCLIP's). `adapters`: one entry per block (None = none),
   each an `Adapter` the block adds (see ResidualAttentionBlock); entry i is MMA's layer_index i + 1.
+  `keep` (with return_cls_attn): the last block's CLS attention -> rows (B, M); x and every returned layer are
+  then those rows only, and rows is returned (else None).
   """
   layers_: int
   num_heads: int
@@ -117,29 +128,39 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, return_layers: Sequence[int] = (), return_cls_attn: bool = False,
-               deterministic: bool = True, adapters: Sequence[Adapter | None] | None = None):
+               deterministic: bool = True, adapters: Sequence[Adapter | None] | None = None,
+               keep: Callable[[jax.Array], jax.Array] | None = None):
     if adapters is not None and len(adapters) != self.layers_:
       raise ValueError(f"adapters has {len(adapters)} entries; expected one per block ({self.layers_}, None = none)")
-    feats, attn = {}, None
+    if keep is not None and not return_cls_attn:
+      raise ValueError("keep selects rows by the last block's CLS attention: it needs return_cls_attn=True")
+    feats, attn, rows = {}, None, None
     rates = np.linspace(0, self.drop_path_rate, self.layers_)
     for i in range(self.layers_):
-      want_attn = return_cls_attn and i == self.layers_ - 1
-      x, a = ResidualAttentionBlock(self.num_heads, self.act, self.norm_eps, self.causal, want_attn,
-                                    self.dtype, self.param_dtype, float(rates[i]), name=f"resblocks_{i}")(
-                                        x, deterministic, None if adapters is None else adapters[i])
-      attn = a if want_attn else attn
+      last = return_cls_attn and i == self.layers_ - 1
+      x, a, rows = ResidualAttentionBlock(self.num_heads, self.act, self.norm_eps, self.causal, last,
+                                          self.dtype, self.param_dtype, float(rates[i]), name=f"resblocks_{i}")(
+                                              x, deterministic, None if adapters is None else adapters[i],
+                                              keep if last else None)
+      attn = a if last else attn
       feats[i] = x
+    if rows is not None:
+      feats = {i: f if i == self.layers_ - 1 else layers.gather_tokens(f, rows) for i, f in feats.items()}
     stacked = jnp.stack([feats[i] for i in return_layers]) if return_layers else None
-    return x, stacked, attn
+    return x, stacked, attn, rows
 
 
 class CLIPVision(nn.Module):
   """OpenAI CLIP image tower.
 
-  __call__(images (B, H, W, 3) normalised, return_layers, return_cls_attn, adapters per block or None) ->
+  __call__(images (B, H, W, 3) normalised, return_layers, return_cls_attn, adapters per block or None, keep) ->
     embed (B, E) = ln_post(CLS) @ proj,
     tokens (K, B, N, E) = ln_post(patch tokens of `return_layers`) @ proj (not normalised), or None,
-    cls_attn (B, N): last block's head-averaged CLS→patch attention (not renormalised), or None.
+    cls_attn (B, N): last block's head-averaged CLS→patch attention (not renormalised), or None,
+    patches (B, M) or None.
+  `keep` (with return_cls_attn): cls_attn -> patches (B, M) int in [0, N); the last block and the projection
+  then run on the CLS token and those patches only, and tokens is (K, B, M, E) (the UMT teacher, whose masked
+  tokens nobody reads).
   """
   cfg: CLIPConfig
   dtype: Dtype = jnp.float32
@@ -147,7 +168,7 @@ class CLIPVision(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, return_layers: Sequence[int] = (), return_cls_attn: bool = False,
-               adapters: Sequence[Adapter | None] | None = None):
+               adapters: Sequence[Adapter | None] | None = None, keep: Callable[[jax.Array], jax.Array] | None = None):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     w = c.vision_width
     if images.shape[1:3] != (c.image_size, c.image_size):
@@ -162,14 +183,16 @@ class CLIPVision(nn.Module):
                                  (c.grid ** 2 + 1, w), (None, "embed"), self.param_dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, w)), x], axis=1)
     x = layers.LayerNorm(c.norm_eps, name="ln_pre", **kw)(x + pos.astype(self.dtype))
-    x, stacked, attn = Transformer(c.vision_layers, c.vision_heads, c.act, c.norm_eps, name="transformer", **kw)(
-        x, return_layers, return_cls_attn, adapters=adapters)
+    rows = None if keep is None else (
+        lambda a: jnp.concatenate([jnp.zeros((a.shape[0], 1), jnp.int32), 1 + keep(a[:, 1:]).astype(jnp.int32)], 1))
+    x, stacked, attn, rows = Transformer(c.vision_layers, c.vision_heads, c.act, c.norm_eps, name="transformer",
+                                         **kw)(x, return_layers, return_cls_attn, adapters=adapters, keep=rows)
     ln_post = layers.LayerNorm(c.norm_eps, name="ln_post", **kw)
     proj = layers.param_with_axes(self, "proj", nn.initializers.normal(scale), (w, c.embed_dim),
                                   ("embed", "clip_embed"), self.param_dtype).astype(self.dtype)
     embed = ln_post(x[:, 0]) @ proj
     tokens = None if stacked is None else ln_post(stacked[:, :, 1:]) @ proj
-    return embed, tokens, (None if attn is None else attn[:, 1:])
+    return embed, tokens, (None if attn is None else attn[:, 1:]), (None if rows is None else rows[:, 1:] - 1)
 
 
 class CLIPText(nn.Module):
@@ -197,7 +220,7 @@ class CLIPText(nn.Module):
 
   def encode_text(self, ids: jax.Array, adapters: Sequence[Adapter | None] | None = None) -> jax.Array:
     x = self.token_embedding(ids).astype(self.dtype) + self.positional_embedding[: ids.shape[1]].astype(self.dtype)
-    x, _, _ = self.transformer(x, adapters=adapters)
+    x, *_ = self.transformer(x, adapters=adapters)
     x = self.ln_final(x)
     eot = x[jnp.arange(ids.shape[0]), jnp.argmax(ids, axis=-1)]
     return eot @ self.text_projection.astype(self.dtype)
@@ -238,9 +261,13 @@ def resize_matrix(old: int, new: int) -> np.ndarray:
 class CLIPTeacher(nn.Module):
   """The frozen, frame-wise UMT teacher (the `visual` tower of CLIP).
 
-  __call__(video (B, T, H, W, 3), normalised exactly as the student's input) ->
+  __call__(video (B, T, H, W, 3), normalised exactly as the student's input, select) ->
     feats (K, B, T·N, E): last K blocks' patch tokens → ln_post → proj → L2 norm, blocks ascending;
-    cls_attn (B, T, N): the last block's head-averaged CLS→patch attention.
+    cls_attn (B, T, N): the last block's head-averaged CLS→patch attention;
+    visible (B, T·Nv) or None.
+  `select` (e.g. masking.semantic_frame_mask with its key and ratio): cls_attn -> (B, T, Nv) patches kept in
+  each frame. The last block and the projection then run on those tokens only (UMT aligns nothing else), feats
+  is (K, B, T·Nv, E) at them, and visible holds their token indices (masking.frame_tokens), ascending per frame.
   Frames are resized bicubically to `cfg.image_size` first when they differ (UMT-L: 224 → 196).
   """
   cfg: CLIPConfig
@@ -249,18 +276,19 @@ class CLIPTeacher(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, video: jax.Array):
+  def __call__(self, video: jax.Array, select: Callable[[jax.Array], jax.Array] | None = None):
     b, t, h, w, ch = video.shape
-    s = self.cfg.image_size
+    s, n = self.cfg.image_size, self.cfg.grid ** 2
     frames = video.reshape(b * t, h, w, ch)
     if (h, w) != (s, s):
       frames = jnp.einsum("yh,xw,bhwc->byxc", resize_matrix(h, s), resize_matrix(w, s), frames.astype(jnp.float32))
+    keep = None if select is None else lambda a: select(a.reshape(b, t, n)).reshape(b * t, -1)
     L = self.cfg.vision_layers
-    _, tokens, attn = CLIPVision(self.cfg, self.dtype, self.param_dtype, name="visual")(
-        frames.astype(self.dtype), tuple(range(L - self.num_layers, L)), True)
-    n = tokens.shape[2]
-    feats = l2n(tokens).reshape(self.num_layers, b, t * n, -1)
-    return feats, attn.reshape(b, t, n)
+    _, tokens, attn, patches = CLIPVision(self.cfg, self.dtype, self.param_dtype, name="visual")(
+        frames.astype(self.dtype), tuple(range(L - self.num_layers, L)), True, keep=keep)
+    feats = l2n(tokens).reshape(self.num_layers, b, -1, tokens.shape[-1])
+    visible = None if patches is None else masking.frame_tokens(patches.reshape(b, t, -1), n)
+    return feats, attn.reshape(b, t, n), visible
 
 
 # ----------------------------------------------------------------------------- ViCLIP (InternVid), MSTA's backbone
@@ -324,8 +352,8 @@ class ViCLIPVision(nn.Module):
       x = jnp.take_along_axis(x, keep[..., None], axis=1)
     cls = jnp.broadcast_to((cls.astype(self.dtype) + pos[0]), (b, 1, w))
     x = layers.LayerNorm(c.norm_eps, name="ln_pre", **kw)(jnp.concatenate([cls, x], axis=1))
-    x, _, _ = Transformer(c.vision_layers, c.vision_heads, c.act, c.norm_eps, drop_path_rate=c.drop_path_rate,
-                          name="transformer", **kw)(x, deterministic=deterministic, adapters=adapters)
+    x, *_ = Transformer(c.vision_layers, c.vision_heads, c.act, c.norm_eps, drop_path_rate=c.drop_path_rate,
+                        name="transformer", **kw)(x, deterministic=deterministic, adapters=adapters)
     proj = layers.param_with_axes(self, "proj", nn.initializers.normal(scale), (w, c.embed_dim),
                                   ("embed", "clip_embed"), self.param_dtype)
     return layers.LayerNorm(c.norm_eps, name="ln_post", **kw)(x[:, 0]) @ proj.astype(self.dtype)

@@ -16,7 +16,8 @@ import numpy as np
 
 from umt_jax.models import layers, merging
 from umt_jax.models.posemb import video_pos_table
-from umt_jax.models.vit import Block, VisionTransformer, gather_tokens, ref_grid
+from umt_jax.models.layers import gather_tokens
+from umt_jax.models.vit import Block, VisionTransformer, ref_grid
 
 Dtype = Any
 

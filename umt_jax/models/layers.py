@@ -204,6 +204,11 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | No
   return attend(probs, v)
 
 
+def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """x (B, N, ...) , idx (B, K) int -> (B, K, ...)."""
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
 def attend(probs: jax.Array, v: jax.Array) -> jax.Array:
   """probs (B, H, L, S), v (B, S, H, Dh) -> probs · v (B, L, H, Dh), in v's dtype (the product heads-first)."""
   return heads_first(jnp.einsum("bhls,bhsd->bhld", probs.astype(v.dtype), heads_first(v)))
@@ -219,6 +224,8 @@ class Attention(nn.Module):
   `return_attn` 'cls' / 'mean' also returns the head-averaged attention probabilities, fp32, of query 0
   (B, N) (the UMT teacher) / of every query (B, N, N) without `bias` (vid-TLDR saliency; the softmax is
   then written out instead of the fused kernel).
+  `keep` (with 'cls'): a function of that attention -> rows (B, M) int; only those queries are computed and
+  the call returns (y (B, M, D), attn, rows) (the teacher's last block, whose other rows nobody reads).
   """
   num_heads: int
   layout: str = "beit"
@@ -230,7 +237,8 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: jax.Array | None = None):
+  def __call__(self, x: jax.Array, bias: jax.Array | None = None,
+               keep: Callable[[jax.Array], jax.Array] | None = None):
     d = x.shape[-1]
     h = self.num_heads
     dh = d // h
@@ -259,6 +267,18 @@ class Attention(nn.Module):
     scale = dh ** -0.5
     if self.return_attn not in (None, "cls", "mean"):
       raise ValueError(f"return_attn must be None, 'cls' or 'mean', got {self.return_attn!r}")
+    if keep is not None and (self.return_attn != "cls" or self.causal or bias is not None):
+      raise ValueError("keep selects queries by the CLS attention: it needs return_attn='cls', no causal mask "
+                       "and no bias")
+    attn = rows = None
+    if self.return_attn == "cls":
+      logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0].astype(jnp.float32), k.astype(jnp.float32)) * scale
+      if bias is not None:
+        logits = logits + jnp.broadcast_to(bias, (x.shape[0], h, x.shape[1], x.shape[1]))[:, :, 0]
+      attn = jax.nn.softmax(logits, axis=-1).mean(axis=1)
+      if keep is not None:
+        rows = keep(attn)
+        q = gather_tokens(q, rows)
     if self.return_attn == "mean":
       if self.causal:
         raise ValueError("return_attn='mean' is for bidirectional attention (causal=True given)")
@@ -275,12 +295,7 @@ class Attention(nn.Module):
               **kw)(out)
     if self.return_attn is None:
       return y
-    if self.return_attn == "cls":
-      logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0].astype(jnp.float32), k.astype(jnp.float32)) * scale
-      if bias is not None:
-        logits = logits + jnp.broadcast_to(bias, (x.shape[0], h, x.shape[1], x.shape[1]))[:, :, 0]
-      attn = jax.nn.softmax(logits, axis=-1).mean(axis=1)
-    return y, attn
+    return (y, attn) if keep is None else (y, attn, rows)
 
 
 class Embed(nn.Module):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from umt_jax.models import layers, merging
+from umt_jax.models.layers import gather_tokens
 from umt_jax.models.posemb import video_pos_table
 
 Dtype = Any
@@ -44,11 +45,6 @@ VARIANTS: dict[str, ViTVariant] = {
 def ref_grid(patch_size: int) -> tuple[int, int, int]:
   """The 8×P×P token grid the official fine-tuning code resizes position tables from (P=14, or 16 for g/14)."""
   return (8, 16, 16) if patch_size == 14 else (8, 14, 14)
-
-
-def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
-  """x (B, N, ...) , idx (B, K) int -> (B, K, ...)."""
-  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def patchify(video: jax.Array, tubelet_size: int, patch_size: int) -> jax.Array:

@@ -1,8 +1,9 @@
 """UMT stage 1: align the student's unmasked tokens with a frozen frame-wise CLIP teacher.
 
-Per step: teacher forward on all frames (no gradient, its own compute dtype) -> semantic mask from its CLS
-attention (keep 1 - ratio of each frame's tokens) -> student on the visible tokens -> K alignment decoders ->
-`uta_loss` against the teacher's last K layers at the same positions. The teacher comes from a params file
+Per step: teacher forward on all frames (no gradient, its own compute dtype) -> semantic mask from its last
+block's CLS attention (keep 1 - ratio of each frame's tokens; the teacher finishes that block on those tokens
+only) -> student on the visible tokens -> K alignment decoders -> `uta_loss` against the teacher's last K
+layers at the same positions. The teacher comes from a params file
 (`umt-import-clip` for real CLIPs, or the demo's stage 0) and is passed into the step as a sharded argument,
 so it is neither optimised nor checkpointed.
 """
@@ -19,7 +20,6 @@ from umt_jax import config_lib, flops, input_pipeline as ip, losses, masking, sh
 from umt_jax.convert.clip_import import load_teacher
 from umt_jax.models.clip import CLIPConfig, CLIPTeacher
 from umt_jax.models.heads import UMTPretrain
-from umt_jax.models.vit import gather_tokens
 from umt_jax.train_loop import Task, run_and_save, setup_mesh
 
 
@@ -42,12 +42,11 @@ def alignment(student: UMTPretrain, teacher: CLIPTeacher, mask_ratio: float, dty
   """The stage-1 objective: loss(params, batch, rng, teacher_params) -> (uta_loss, {})."""
   def loss(params, batch, rng, teacher_params):
     video = ip.normalize(batch["video"], dtype)
-    feats, attn = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, video))
     k_mask, k_drop = jax.random.split(rng)
-    visible = masking.semantic_mask(k_mask, attn, mask_ratio)  # (B, T·Nv)
+    select = lambda attn: masking.semantic_frame_mask(k_mask, attn, mask_ratio)
+    target, _, visible = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, video, select))
     pred = student.apply({"params": params}, video, visible, deterministic=False, rngs={"dropout": k_drop})
-    target = jax.vmap(gather_tokens, in_axes=(0, None))(feats, visible)
-    return losses.uta_loss(pred, target), {}
+    return losses.uta_loss(pred, target), {}  # target (K, B, T·Nv, E): the teacher at the visible tokens
   return loss
 
 

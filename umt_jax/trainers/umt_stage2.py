@@ -29,7 +29,6 @@ from umt_jax.convert.clip_import import load_teacher
 from umt_jax.models.bert import BERT_PRESETS, BertConfig
 from umt_jax.models.clip import CLIPTeacher
 from umt_jax.models.umt_stage2 import UMTStage2
-from umt_jax.models.vit import gather_tokens
 from umt_jax.train_loop import Task, run_and_save, setup_mesh
 from umt_jax.trainers import stage2_retrieval
 from umt_jax.trainers.umt_pretrain import place_teacher
@@ -70,13 +69,13 @@ def objectives(config: ml_collections.ConfigDict, model: UMTStage2, teacher: CLI
     terms, visible = {}, None
     if teacher is not None:
       ratio = config.teacher.mask_ratio if video.shape[1] > 1 else config.teacher.image_mask_ratio
-      feats, attn = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, video))
-      visible = masking.semantic_mask(k_mask, attn, ratio)
+      select = lambda attn: masking.semantic_frame_mask(k_mask, attn, ratio)
+      feats, _, visible = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, video, select))
     aligned, tokens, v_emb = model.apply({"params": params}, video, visible, deterministic=False,
                                          align="uta" in weights, rngs={"dropout": k_drop},
                                          method=UMTStage2.encode_vision)
     if "uta" in weights:
-      terms["uta"] = losses.uta_loss(aligned, jax.vmap(gather_tokens, in_axes=(0, None))(feats, visible))
+      terms["uta"] = losses.uta_loss(aligned, feats)
     hidden, t_emb = apply(UMTStage2.encode_text, ids, mask)
     temp = losses.clamp_temp(params["temp"])
     if "vtc" in weights:

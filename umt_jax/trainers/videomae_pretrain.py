@@ -74,7 +74,7 @@ def model_task(config: ml_collections.ConfigDict) -> Task:
   init = lambda rng: model.init({"params": rng}, jnp.zeros((1, config.data.num_frames, s, s, 3)),
                                 jnp.zeros((1, nv), jnp.int32), jnp.zeros((1, nd), jnp.int32))["params"]
   enc = model.encoder
-  step_flops = flops.videomae_step(config.batch_size * config.data.num_sample, n, nv, nd, enc, v.decoder_dim,
+  step_flops = flops.videomae_step(config.batch_size * config.data.num_sample, nv, nd, enc, v.decoder_dim,
                                    v.decoder_depth, decoder_mlp_dim(v.decoder_dim, enc), enc["tubelet_size"])
   return Task(init=init, loss=reconstruction(model, grid, v), flops_per_step=step_flops)
 
