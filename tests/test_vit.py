@@ -188,7 +188,7 @@ def test_cudnn_operands_pass_jax_cudnn_layout_check():
 def test_auto_attention_picks_cudnn_only_where_it_runs(monkeypatch):
   from umt_jax.models import layers
   auto = lambda *a, **k: layers.attention_impl("auto", *a, **k)
-  assert auto(jnp.bfloat16, 64) == "xla"  # this CPU
+  assert auto(jnp.bfloat16, 64) == "blocked"  # this CPU
   assert layers.attention_impl("cudnn", jnp.float32, 7) == "cudnn"  # explicit choices pass through
   assert layers.attention_impl(None, jnp.bfloat16, 64) is None
 
@@ -200,6 +200,35 @@ def test_auto_attention_picks_cudnn_only_where_it_runs(monkeypatch):
   assert auto(jnp.bfloat16, 64, (967, 967), bias=True) == "xla"  # cuDNN's biased backward needs even lengths
   assert auto(jnp.bfloat16, 64, (967, 967)) == "cudnn"
   assert auto(jnp.float32, 64) == "xla" and auto(jnp.bfloat16, 136) == "xla" and auto(jnp.bfloat16, 60) == "xla"
+
+
+def test_cpu_attention_in_blocks_of_heads_equals_one_block(monkeypatch):
+  """'blocked' attention ('auto' on CPU), beyond BLOCK_ABOVE bytes of fp32 logits, runs a few heads at a time
+  (blocks whose logits stay in cache): the same values and gradients as the batched dots, with a per-key
+  bias, a full one with causal masking, and a last block smaller than the others."""
+  from umt_jax.models import layers
+  assert layers.head_block(4, 6, 1568, 1568) == 2  # S/16 at 8×224²: 236 MB of logits
+  assert layers.head_block(192, 1, 197, 197) == 27  # the CLIP teacher's frames at 224², heads of 155 kB
+  assert layers.head_block(4, 6, 392, 392) is None  # 15 MB: one block
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 12, 5, 8)) for i in range(3))  # B·H = 10 heads
+  per_key = jax.random.normal(jax.random.key(3), (2, 1, 1, 12))
+  full = jax.random.normal(jax.random.key(4), (2, 5, 12, 12))
+
+  def run(bias, causal):
+    f = lambda q, k, v: layers.dot_attention(q, k, v, bias, 0.3, causal, "blocked")
+    grads = jax.grad(lambda *a: (f(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+    return f(q, k, v), grads, str(jax.make_jaxpr(f)(q, k, v))
+
+  for bias, causal in ((None, False), (per_key, False), (full, True)):
+    want, want_grads, want_jaxpr = run(bias, causal)  # 10 heads of 12×12 logits: one block
+    monkeypatch.setattr(layers, "BLOCK_ABOVE", 0)
+    monkeypatch.setattr(layers, "BLOCK_BYTES", 3 * 4 * 12 * 12)  # 3 heads a block: 3, 3, 3 and 1
+    got, got_grads, got_jaxpr = run(bias, causal)
+    assert "scan" in got_jaxpr and "scan" not in want_jaxpr
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    for g, w in zip(got_grads, want_grads):
+      np.testing.assert_allclose(g, w, atol=1e-5)
+    monkeypatch.undo()
 
 
 def test_attention_check_benchmark_runs_every_case_and_reports_cudnn_absent_on_cpu():

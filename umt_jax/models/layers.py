@@ -145,11 +145,13 @@ def attention_impl(requested: str | None, dtype: Dtype, head_dim: int, lengths: 
                    bias: bool = False) -> str | None:
   """'auto' -> 'cudnn' (flash attention) where cuDNN supports it: a GPU of compute capability >= 8.0, bf16 or
   fp16, head_dim a multiple of 8 up to 128, and with a bias or mask even query and key `lengths` (cuDNN's
-  backward with a bias needs them); else 'xla'. Other values pass through (None means XLA too:
-  `jax.nn.dot_product_attention` does not pick cuDNN by itself)."""
+  backward with a bias needs them); on CPU 'blocked' (`dot_attention`); else 'xla'. Other values pass through
+  (None means XLA too: `jax.nn.dot_product_attention` does not pick cuDNN by itself)."""
   if requested != "auto":
     return requested
   dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    return "blocked"
   ok = (dev.platform == "gpu" and float(getattr(dev, "compute_capability", "0") or 0) >= 8.0
         and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
         and not (bias and any(n % 2 for n in lengths)))
@@ -188,6 +190,20 @@ def attention_logits(q: jax.Array, k: jax.Array, bias: jax.Array | None, scale: 
   return logits
 
 
+# XLA:CPU writes the (B, H, L, S) fp32 logits and probabilities out; past the last-level cache that traffic, not
+# the dots, bounds the attention (S/16 at 8×224², 1568 tokens: 319 ms a layer, q·kᵀ alone 136 and the softmax 96,
+# PyTorch's flash kernel 100). A few heads at a time keep each block's logits in cache: 154-162 ms there.
+BLOCK_ABOVE = 16 << 20  # bytes of fp32 logits beyond which 'blocked' attention runs in blocks of heads
+BLOCK_BYTES = 4 << 20  # a block's logits (at least 2 heads: one head a block is slower in the backward)
+
+
+def head_block(b: int, h: int, l: int, s: int) -> int | None:
+  """Heads (of the B·H) per block of 'blocked' attention on L queries × S keys, or None: one block (the batched
+  dots). Measured on 2 cores (README, "umt_jax vs PyTorch"). XLA's cost analysis counts the loop's body once."""
+  per_head = 4 * l * s
+  return None if b * h * per_head <= BLOCK_ABOVE else max(2, BLOCK_BYTES // per_head)
+
+
 def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, scale: float,
                   causal: bool = False, impl: str | None = None, probs: jax.Array | None = None) -> jax.Array:
   """q (B, L, H, Dh), k/v (B, S, H, Dh), bias broadcastable to (B, H, L, S) -> (B, L, H, Dh).
@@ -195,13 +211,29 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | No
   'cudnn': `jax.nn.dot_product_attention`'s flash kernel. Otherwise the official computation written out:
   softmax((q·scale) kᵀ + bias) v with fp32 logits and softmax, which XLA:CPU runs ~10% faster (fwd + bwd of
   a ViT-S stack) than `jax.nn.dot_product_attention`'s XLA path (a grouped-query vmap, the scale applied to the
-  B·H·L·S logits). `probs`: those probabilities, when the caller has them already."""
+  B·H·L·S logits). 'blocked' (what 'auto' picks on CPU): beyond BLOCK_ABOVE bytes of logits, `head_block` heads
+  at a time, the same values per head. `probs`: those probabilities, when the caller has them already."""
   if impl == "cudnn":
     return jax.nn.dot_product_attention(q, k, v, bias=cudnn_bias(bias, q, k), scale=scale, is_causal=causal,
                                         implementation="cudnn")
-  if probs is None:
-    probs = jax.nn.softmax(attention_logits(q, k, bias, scale, causal), axis=-1)
-  return attend(probs, v)
+  if probs is not None:
+    return attend(probs, v)
+  (b, l, h, _), s = q.shape, k.shape[1]
+  block = head_block(b, h, l, s) if impl == "blocked" else None
+  if block is None:
+    return attend(jax.nn.softmax(attention_logits(q, k, bias, scale, causal), axis=-1), v)
+  heads = lambda x: heads_first(x).reshape((b * h, x.shape[1], 1, x.shape[3]))  # (B·H, L, 1, Dh)
+  if bias is not None:
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    bias = jnp.broadcast_to(bias, (b, h) + bias.shape[2:]).reshape((b * h, 1, 1) + bias.shape[2:])
+
+  def one_head(x):  # (L, 1, Dh) q, (S, 1, Dh) k / v, (1, 1, L or 1, S) bias -> (L, 1, Dh)
+    qh, kh, vh, bh = x
+    logits = attention_logits(qh[None], kh[None], bh, scale, causal)
+    return attend(jax.nn.softmax(logits, axis=-1), vh[None])[0]
+
+  out = jax.lax.map(one_head, (heads(q), heads(k), heads(v), bias), batch_size=block)
+  return heads_first(out.reshape(b, h, l, -1))
 
 
 def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -232,7 +264,7 @@ class Attention(nn.Module):
   causal: bool = False
   return_attn: str | None = None  # None, 'cls' or 'mean'
   kernel_init: Initializer | None = None
-  attn_impl: str | None = None  # None / 'xla', 'cudnn' (flash attention on GPU), 'auto' (see attention_impl)
+  attn_impl: str | None = None  # None / 'xla', 'cudnn' (GPU flash attention), 'blocked', 'auto' (attention_impl)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -333,8 +365,10 @@ def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
   dh = q.shape[-1]
   if deterministic or dropout_rate == 0.0:
     impl = attention_impl(attn_impl, q.dtype, dh, (q.shape[1], k.shape[1]), mask is not None)
-    return jax.nn.dot_product_attention(q, k, v, mask=cudnn_bias(mask, q, k) if impl == "cudnn" else mask,
-                                        scale=dh ** -0.5, implementation=impl)
+    if impl == "cudnn":
+      return jax.nn.dot_product_attention(q, k, v, mask=cudnn_bias(mask, q, k), scale=dh ** -0.5,
+                                          implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=dh ** -0.5)  # text: short, one block
   logits = jnp.einsum("bhld,bhsd->bhls", heads_first(q), heads_first(k), preferred_element_type=jnp.float32)
   logits = logits * dh ** -0.5  # after the product, as BERT scales
   if mask is not None:  # the value jax.nn.dot_product_attention uses: fully masked rows become uniform

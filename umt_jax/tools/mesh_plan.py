@@ -51,6 +51,8 @@ def plan(config, mesh_spec: dict[str, int], accelerator: str, devices=None, num_
   acc = hardware.lookup(accelerator)
   config = config.copy_and_resolve_references()
   config.mesh.update(mesh_spec)
+  if config.model.attn_impl in ("auto", "blocked"):  # on CPU they run attention as a loop over blocks of heads,
+    config.model.attn_impl = "xla"  # whose FLOPs XLA's cost analysis counts once; accelerators run it unlooped
   devices = list(jax.devices() if devices is None else devices)
   task, batch = stages.stage_task(config, devices, num_classes)
   ts = train_loop.build_step(config, task, steps=1000, per_epoch=100.0, devices=devices)
