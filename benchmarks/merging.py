@@ -363,7 +363,8 @@ def main(argv=None) -> dict:
                   "searched schedule, and the paired differences pooled over them")
   ap.add_argument("--skip_b16", action="store_true")
   ap.add_argument("--dtype", default="float32", help="B/16's compute dtype (GPU: bfloat16)")
-  ap.add_argument("--attn_impl", default="", help="B/16's attention: xla (default), blocked, cudnn or auto (cudnn on GPU, blocked on CPU)")
+  ap.add_argument("--attn_impl", default="", help="B/16's attention: xla (default), blocked, cudnn or auto "
+                  "(cudnn on GPU, blocked on CPU)")
   ap.add_argument("--png", default="", help="merge map of demo clips (default <workdir>/merge_map.png)")
   ap.add_argument("--out", default="", help="also write the rows as JSON")
   args = ap.parse_args(argv)
