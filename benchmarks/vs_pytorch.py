@@ -43,8 +43,8 @@ ALIGN, MASK, DROP_PATH = 4, 0.8, 0.1
 
 
 def jax_side(variant: str, frames: int, size: int, batch: int, dtype: str = "float32"):
-  """-> (train_step() -> loss, infer() -> logits, the compiled step's HLO text) on umt_jax's compiled programs,
-  random weights."""
+  """-> (train_step() -> loss, infer() -> logits, the compiled step's and forward's HLO texts) on umt_jax's
+  compiled programs, random weights."""
   import jax
   import jax.numpy as jnp
   from umt_jax import config_lib, sharding, train_loop
@@ -78,7 +78,7 @@ def jax_side(variant: str, frames: int, size: int, batch: int, dtype: str = "flo
   x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, frames, size, size, 3)), jnp.float32)
   p = jax.jit(clf.init)(key, x[:1])
   fwd = jax.jit(lambda p, x: clf.apply(p, x)).lower(p, x).compile()
-  return train_step, lambda: np.asarray(fwd(p, x)), step.as_text()
+  return train_step, lambda: np.asarray(fwd(p, x)), step.as_text(), fwd.as_text()
 
 
 def torch_side(variant: str, frames: int, size: int, batch: int, official: str = "", device: str = "cpu",
@@ -259,9 +259,10 @@ def profile_torch(fn, n: int) -> dict[str, float]:
   return {k: v / 1e3 / n for k, v in out.items()}
 
 
-def profile_table(rows: list[tuple[str, dict, dict, float]]) -> str:
-  """rows (config, torch profile, jax profile, torch's timed step ms) -> the markdown table and what bounds it."""
-  lines = ["| config | side | profiled step ms | matmul ms | layout copies ms | rest ms |", "|---|---|---|---|---|---|"]
+def profile_table(rows: list[tuple[str, dict, dict, float]], what: str = "step") -> str:
+  """rows (config, torch profile, jax profile, torch's timed ms) -> the markdown table and what bounds it."""
+  lines = [f"| config | side | profiled {what} ms | matmul ms | layout copies ms | rest ms |",
+           "|---|---|---|---|---|---|"]
   for name, pt, jt, p_step in rows:
     for side, prof in (("PyTorch", pt), ("umt_jax", jt)):
       lines.append(f"| {name} | {side} | {prof['step']:.0f} | {prof['matmul']:.0f} | {prof['layout copies']:.0f} | "
@@ -300,13 +301,13 @@ def main() -> None:
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({os.cpu_count()} cores), torch "
         f"{torch.__version__} on {args.device} ({where}), {args.dtype}; medians of {args.rounds}×{args.steps} steps, "
         f"interleaved; load average at start {os.getloadavg()[0]:.1f}")
-  rows, profiles = [], []
+  rows, profiles, fwd_profiles = [], [], []
   for name in args.configs.split(","):
     if name not in CONFIGS:
       raise SystemExit(f"--configs: unknown {name!r}; expected some of {sorted(CONFIGS)}")
     variant, frames, size, batch = CONFIGS[name]
     t0 = time.perf_counter()
-    j_train, j_infer, j_hlo = jax_side(variant, frames, size, batch, args.dtype)
+    j_train, j_infer, j_hlo, j_fwd_hlo = jax_side(variant, frames, size, batch, args.dtype)
     t_build = time.perf_counter() - t0
     p_train, p_infer = torch_side(variant, frames, size, batch, args.official, args.device, args.dtype)
     for f in (j_train, p_train, j_infer, p_infer):  # warm-up (jax: first run after compile; torch: allocator)
@@ -321,6 +322,8 @@ def main() -> None:
     rows.append((name, variant, frames, size, batch, med, t_build))
     if args.profile:
       profiles.append((name, profile_torch(p_train, args.steps), profile_jax(j_train, j_hlo, args.steps), med["pt"]))
+      fwd_profiles.append((name, profile_torch(p_infer, args.steps), profile_jax(j_infer, j_fwd_hlo, args.steps),
+                           med["pi"]))
     print(f"{name}: jax build+compile {t_build:.1f} s; train {med['pt']:.0f} ms torch vs {med['jt']:.0f} ms jax; "
           f"infer {med['pi']:.0f} vs {med['ji']:.0f} ms", file=sys.stderr)
   print(f"load average at end {os.getloadavg()[0]:.1f} (other processes share these cores: above the thread "
@@ -335,6 +338,8 @@ def main() -> None:
     print("\nWhere the stage-1 step goes (PyTorch: ops' self CPU time; umt_jax: the compiled program's thunks, "
           "classified from its HLO):\n")
     print(profile_table(profiles))
+    print("\nWhere the classifier forward goes (the same split):\n")
+    print(profile_table(fwd_profiles, "forward"))
 
 
 if __name__ == "__main__":

@@ -58,3 +58,5 @@ def test_profiles_split_each_side_into_kinds():
   assert abs(tp["step"] - sum(tp[k] for k in vs_pytorch.KINDS)) < 1e-9
   table = vs_pytorch.profile_table([("tiny", tp, prof, 2.0)])
   assert "| tiny | PyTorch |" in table and "| tiny | umt_jax |" in table and "1.3× needs umt_jax ≤ | 2 |" in table
+  assert "| profiled step ms |" in table and "| profiled forward ms |" in vs_pytorch.profile_table(
+      [("tiny", tp, prof, 2.0)], "forward")
