@@ -94,12 +94,12 @@ class ResidualAttentionBlock(nn.Module):
     z = layers.LayerNorm(self.norm_eps, name="ln_1", **kw)(x)
     out = layers.Attention(self.num_heads, layout="openai", causal=self.causal,
                            return_attn="cls" if self.return_cls_attn else None, name="attn", **kw)(z, keep=keep)
+    rows = None
     if keep is not None:
       y, attn, rows = out
-    else:
-      (y, attn), rows = (out if self.return_cls_attn else (out, None)), None
-    if rows is not None:
       x, z = layers.gather_tokens(x, rows), layers.gather_tokens(z, rows)
+    else:
+      y, attn = out if self.return_cls_attn else (out, None)
     x = x + layers.drop_path(y, self.drop_path, rng(), deterministic)
     y = layers.Mlp(4 * x.shape[-1], act=ACTIVATIONS[self.act], names=("c_fc", "c_proj"), name="mlp", **kw)(
         layers.LayerNorm(self.norm_eps, name="ln_2", **kw)(x))
@@ -144,9 +144,8 @@ class Transformer(nn.Module):
                                               keep if last else None)
       attn = a if last else attn
       feats[i] = x
-    if rows is not None:
-      feats = {i: f if i == self.layers_ - 1 else layers.gather_tokens(f, rows) for i, f in feats.items()}
-    stacked = jnp.stack([feats[i] for i in return_layers]) if return_layers else None
+    at_rows = lambda i: feats[i] if rows is None or i == self.layers_ - 1 else layers.gather_tokens(feats[i], rows)
+    stacked = jnp.stack([at_rows(i) for i in return_layers]) if return_layers else None
     return x, stacked, attn, rows
 
 
@@ -349,7 +348,7 @@ class ViCLIPVision(nn.Module):
     x = x.reshape(b, t, n, w) + pos[1:] + temporal[:, None]
     x = x.transpose(0, 2, 1, 3).reshape(b, n * t, w)
     if keep is not None:
-      x = jnp.take_along_axis(x, keep[..., None], axis=1)
+      x = layers.gather_tokens(x, keep)
     cls = jnp.broadcast_to((cls.astype(self.dtype) + pos[0]), (b, 1, w))
     x = layers.LayerNorm(c.norm_eps, name="ln_pre", **kw)(jnp.concatenate([cls, x], axis=1))
     x, *_ = Transformer(c.vision_layers, c.vision_heads, c.act, c.norm_eps, drop_path_rate=c.drop_path_rate,

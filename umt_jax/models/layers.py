@@ -368,7 +368,8 @@ def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
     if impl == "cudnn":
       return jax.nn.dot_product_attention(q, k, v, mask=cudnn_bias(mask, q, k), scale=dh ** -0.5,
                                           implementation="cudnn")
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=dh ** -0.5)  # text: short, one block
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=dh ** -0.5,  # text: short, one block
+                                        implementation=None if impl is None else "xla")
   logits = jnp.einsum("bhld,bhsd->bhls", heads_first(q), heads_first(k), preferred_element_type=jnp.float32)
   logits = logits * dh ** -0.5  # after the product, as BERT scales
   if mask is not None:  # the value jax.nn.dot_product_attention uses: fully masked rows become uniform
